@@ -1,0 +1,5 @@
+"""Energy models E_θ(x) = f_θ(x) − log N(x; μ, diag σ²) (design §5)."""
+
+from pdebm.energy.base import EnergyModel, FrozenEnergy, GaussianBase
+
+__all__ = ["EnergyModel", "FrozenEnergy", "GaussianBase"]

@@ -1,0 +1,135 @@
+"""The Gaussian base term and the energy-model wrapper shared by every architecture.
+
+An energy is ``E_θ(x) = f_θ(x) − log N(x; μ, diag σ²)``: a network ``f_θ`` plus a learnable
+diagonal Gaussian base (the authors' choice, design §5). With the network's last layer
+zero-initialised, ``f_θ ≡ 0`` at step 0 and the model *is* the base distribution, so samples of
+the base are exact samples of the initial model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from pdebm.errors import check
+
+Energy = Callable[[Tensor], Tensor]
+"""Anything that maps a batch ``x`` of shape ``(N, *shape)`` to energies of shape ``(N,)``."""
+
+
+class GaussianBase(nn.Module):
+    """Diagonal Gaussian ``N(μ, diag σ²)`` over the data shape, initialised from data statistics.
+
+    Args:
+        mean: per-coordinate data mean, shape ``shape``.
+        std: per-coordinate data standard deviation, shape ``shape``.
+        learnable: train ``μ`` and ``log σ`` with the network (authors' choice) or keep them fixed.
+        min_std: floor on the initial σ (constant pixels in images have zero spread).
+        std_scale: multiply the initial σ by this factor (a wider base covers the data better).
+    """
+
+    def __init__(self, mean: Tensor, std: Tensor, learnable: bool = True,
+                 min_std: float = 1e-2, std_scale: float = 1.0) -> None:
+        super().__init__()
+        mean = torch.as_tensor(mean, dtype=torch.float32)
+        std = torch.as_tensor(std, dtype=torch.float32).clamp_min(min_std) * std_scale
+        self.mu = nn.Parameter(mean.clone(), requires_grad=learnable)
+        self.log_sigma = nn.Parameter(std.log(), requires_grad=learnable)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.mu.shape
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``log N(x; μ, diag σ²)`` summed over all non-batch dimensions, shape ``(N,)``."""
+        z = (x - self.mu) * torch.exp(-self.log_sigma)
+        per_coord = -0.5 * z.pow(2) - self.log_sigma - 0.5 * math.log(2 * math.pi)
+        return per_coord.flatten(1).sum(1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` independent draws, shape ``(n, *shape)``."""
+        eps = torch.randn((n, *self.shape), generator=generator, device=self.mu.device)
+        return (self.mu + torch.exp(self.log_sigma) * eps).detach()
+
+
+class EnergyModel(nn.Module):
+    """Base class of every energy: ``E(x) = net(x) − base.log_prob(x)``.
+
+    Subclasses build ``self.net`` (a module mapping ``(N, *shape)`` to ``(N,)`` or ``(N, 1)``).
+    ``data_mean``/``data_std``/``data_shape`` are filled in by the trainer from the dataset.
+    """
+
+    def __init__(self, data_shape: Sequence[int], data_mean: Tensor, data_std: Tensor,
+                 learn_base: bool = True, base_min_std: float = 1e-2,
+                 base_std_scale: float = 1.0) -> None:
+        super().__init__()
+        self.data_shape = tuple(int(s) for s in data_shape)
+        check(base_std_scale > 0, f"energy.base_std_scale must be > 0, got {base_std_scale}")
+        self.base = GaussianBase(torch.as_tensor(data_mean).reshape(self.data_shape),
+                                 torch.as_tensor(data_std).reshape(self.data_shape),
+                                 learnable=learn_base, min_std=base_min_std,
+                                 std_scale=base_std_scale)
+        self.net: nn.Module = nn.Identity()  # replaced by subclasses
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.mu.device
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).reshape(x.shape[0]) - self.base.log_prob(x)
+
+    def sample_base(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draws from the base distribution: exact samples of the initial model when the
+        network's last layer is zero-initialised."""
+        return self.base.sample(n, generator)
+
+    def frozen(self) -> "FrozenEnergy":
+        """A functional view of the energy at the current parameters (copies only θ)."""
+        return FrozenEnergy(self)
+
+
+class FrozenEnergy(nn.Module):
+    """``E_{θ_k}``: the same module evaluated at a snapshot of its parameters.
+
+    Used as ``energy_before`` in ``Sampler.update``; ``params`` is the snapshot, so the
+    parameter step ``θ_{k+1} − θ_k`` is ``live.param − frozen.params[name]``.
+    """
+
+    def __init__(self, model: EnergyModel) -> None:
+        super().__init__()
+        self._model = [model]  # a list keeps the live module out of this module's children
+        self.params = {k: v.detach().clone() for k, v in model.named_parameters()}
+        self.buffers_ = {k: v.detach().clone() for k, v in model.named_buffers()}
+
+    @property
+    def model(self) -> EnergyModel:
+        return self._model[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def forward(self, x: Tensor) -> Tensor:
+        return functional_call(self.model, {**self.params, **self.buffers_}, (x,))
+
+
+def zero_init_(layer: nn.Module) -> None:
+    """Zero a layer's weight and bias so that the network outputs zero at initialisation."""
+    nn.init.zeros_(layer.weight)
+    if getattr(layer, "bias", None) is not None:
+        nn.init.zeros_(layer.bias)
+
+
+ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU,
+               "leaky_relu": lambda: nn.LeakyReLU(0.2), "tanh": nn.Tanh, "softplus": nn.Softplus,
+               "gelu": nn.GELU}
+
+
+def make_activation(name: str) -> nn.Module:
+    """Build an activation by name; unknown names are a :class:`ConfigError`."""
+    check(name in ACTIVATIONS, f"energy.activation={name!r} is not one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()

@@ -1,0 +1,44 @@
+"""MLP energy for low-dimensional (2D) data: the authors' 3×300 SiLU network by default."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from pdebm.energy.base import EnergyModel, make_activation, zero_init_
+from pdebm.errors import positive
+
+
+class MLPEnergy(EnergyModel):
+    """``E(x) = MLP(x) − log N(x; μ, σ²)``.
+
+    Args:
+        hidden: width of each hidden layer.
+        depth: number of hidden layers.
+        activation: nonlinearity name (``silu`` = Swish, as in the paper's code).
+        zero_init_last: zero the last layer so the initial model equals the base distribution.
+        learn_base / base_*: see :class:`~pdebm.energy.base.EnergyModel`.
+    """
+
+    def __init__(self, data_shape: Sequence[int], data_mean: Tensor, data_std: Tensor,
+                 hidden: int = 300, depth: int = 3, activation: str = "silu",
+                 zero_init_last: bool = True, learn_base: bool = True,
+                 base_min_std: float = 1e-2, base_std_scale: float = 1.0) -> None:
+        super().__init__(data_shape, data_mean, data_std, learn_base, base_min_std,
+                         base_std_scale)
+        positive("energy.hidden", hidden)
+        positive("energy.depth", depth)
+        dim = math.prod(self.data_shape)
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = dim
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), make_activation(activation)]
+            width = hidden
+        last = nn.Linear(width, 1)
+        if zero_init_last:
+            zero_init_(last)
+        layers.append(last)
+        self.net = nn.Sequential(*layers)
+

@@ -1,0 +1,17 @@
+"""Errors a user can cause. The CLI prints them as one line and exits with status 2."""
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, a missing data directory or an unreadable checkpoint."""
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(message)
+
+
+def positive(name: str, value, allow_zero: bool = False) -> None:
+    """Check that a number is positive (or non-negative when ``allow_zero``)."""
+    ok = value is not None and (value >= 0 if allow_zero else value > 0)
+    check(ok, f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")

@@ -1,0 +1,65 @@
+"""The one interface every sampler implements (architecture.md, "A sampler has one small
+interface"). The trainer calls only these methods and knows nothing else about a sampler.
+
+Per training step the trainer does::
+
+    x, log_w = sampler.negatives(energy)          # samples of the current model
+    loss = mean E(data) − Σ softmax(log_w)·E(x)   # x is used as returned (never detached here)
+    before = energy.frozen(); optimizer.step()
+    sampler.update(before, energy)                # particle dynamics lives here
+
+Randomness comes from torch's global generator, seeded once by the trainer and saved in
+checkpoints, so a sampler needs no generator of its own.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pdebm.energy.base import Energy, EnergyModel
+
+
+class Sampler(abc.ABC):
+    """Produces negatives (samples of the current model) with log-weights.
+
+    Attributes:
+        grad_evals: cumulative number of per-particle energy-gradient evaluations spent by
+            the sampler (the cost axis of every comparison; evaluation.md, "cost").
+        weighted: whether ``negatives`` may return non-uniform log-weights.
+        requires_2d: the sampler only works for 2D data (the exact grid sampler).
+    """
+
+    weighted: bool = False
+    requires_2d: bool = False
+
+    def __init__(self) -> None:
+        self.grad_evals = 0
+
+    @abc.abstractmethod
+    def negatives(self, energy: EnergyModel) -> tuple[Tensor, Tensor]:
+        """Return ``(x, log_weights)``: samples of ``energy``'s model, shape ``(N, *shape)``,
+        and log-weights of shape ``(N,)`` (zeros for unweighted samplers)."""
+
+    def update(self, energy_before: Energy, energy_after: EnergyModel) -> None:
+        """Called after every optimizer step with the energy as it was (a frozen functional
+        view, :class:`~pdebm.energy.base.FrozenEnergy`) and as it is now."""
+
+    def stats(self) -> dict[str, float]:
+        """Scalars about the sampler's last step, logged as ``sampler/<key>``."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (particles, weights, buffers, counters)."""
+        return {"grad_evals": self.grad_evals}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.grad_evals = int(state["grad_evals"])
+
+
+def uniform_log_weights(x: Tensor) -> Tensor:
+    """Zero log-weights for an unweighted batch ``x``."""
+    return torch.zeros(x.shape[0], device=x.device)
