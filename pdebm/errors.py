@@ -15,3 +15,7 @@ def positive(name: str, value, allow_zero: bool = False) -> None:
     """Check that a number is positive (or non-negative when ``allow_zero``)."""
     ok = value is not None and (value >= 0 if allow_zero else value > 0)
     check(ok, f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; reported in one line like a ConfigError."""

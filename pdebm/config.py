@@ -1,0 +1,34 @@
+"""Where the config tree lives, and the OmegaConf resolvers it uses."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def _config_dir() -> Path:
+    """``conf/`` of a source checkout or editable install, else the copy shipped in the wheel
+    as the package ``pdebm.conf``. Hydra needs an absolute directory (architecture.md)."""
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    if (checkout / "train.yaml").is_file():
+        return checkout
+    spec = importlib.util.find_spec("pdebm.conf")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]).resolve()
+    raise FileNotFoundError("pdebm's config tree (conf/) is missing from this installation")
+
+
+CONFIG_DIR = _config_dir()
+
+
+def sweep_subdir(override_dirname: str, seed: int) -> str:
+    """Name of a sweep job's directory: its overrides (seed excluded) then ``seed=N``, so seeds
+    never overwrite each other and TensorBoard shows readable run names."""
+    return f"{override_dirname},seed={seed}" if override_dirname else f"seed={seed}"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("pdebm_subdir"):
+        OmegaConf.register_new_resolver("pdebm_subdir", sweep_subdir)

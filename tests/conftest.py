@@ -1,0 +1,55 @@
+"""Shared fixtures: compose the real config tree in-process and call ``train(cfg)``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from pdebm.config import CONFIG_DIR, register_resolvers
+
+register_resolvers()
+torch.set_num_threads(1)  # CI has 2 cores; keep tests from oversubscribing them
+
+# Settings that make a training run take a second or two.
+TINY = ["steps=4", "batch_size=64", "eval_every=2", "log_every=1", "ckpt_every=2",
+        "eval.resolution=40", "eval.lag_bins=10", "eval.mmd_points=64", "eval.n_plot=64",
+        "energy.hidden=32", "progress=false", "dataset.n_test=200", "dataset.n_stats=500"]
+FAST_SAMPLER = {"sgld": ["sampler.n_steps=3"], "pcd": ["sampler.n_steps=3", "sampler.buffer_size=128"],
+                "exact": [], "particle": ["sampler.n_steps=2"]}
+
+
+def compose_cfg(overrides: list[str], run_dir: Path | None = None, config_name: str = "train") -> DictConfig:
+    """The composed config with Hydra's own node, registered as the current HydraConfig."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def _make(*overrides: str, run_dir: Path | None = None) -> DictConfig:
+        return compose_cfg(list(overrides), run_dir or tmp_path / "run")
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, env_extra: dict | None = None,
+            ) -> subprocess.CompletedProcess:
+    """Run the real ``pdebm`` command (via ``python -m pdebm.cli``) in a subprocess."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "pdebm.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
