@@ -32,3 +32,24 @@ def sweep_subdir(override_dirname: str, seed: int) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("pdebm_subdir"):
         OmegaConf.register_new_resolver("pdebm_subdir", sweep_subdir)
+
+
+def instantiate(node, **kwargs):
+    """``hydra.utils.instantiate`` that lets a :class:`~pdebm.errors.ConfigError` raised by a
+    constructor through unchanged (Hydra wraps it in a multi-line InstantiationException), and
+    reports a wrong argument name as one line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    from pdebm.errors import ConfigError
+
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, ConfigError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"cannot build {node.get('_target_', '?')}: {first}") from None

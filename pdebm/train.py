@@ -21,13 +21,12 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from pdebm import checkpoint
-from pdebm.config import CONFIG_DIR, register_resolvers
+from pdebm.config import CONFIG_DIR, instantiate, register_resolvers
 from pdebm.data.base import Dataset
 from pdebm.energy.base import EnergyModel
 from pdebm.errors import ConfigError, TrainingDiverged, check, positive

@@ -1,0 +1,322 @@
+"""Particle dynamics (design §3–§4): negatives that move *with* the model.
+
+After every optimizer step ``θ_k → θ_{k+1}`` (``update(before, after)``) the particles are
+
+1. **transported**, ``x ← T(x) = x − c∇ₓδE(x)``, with ``δE = E_{θ_{k+1}} − E_{θ_k}``
+   (``delta: exact``) or ``∇_θE_{θ_{k+1}}·(θ_{k+1} − θ_k)`` (``delta: first_order``, the
+   authors' code) and ``c`` chosen by the field (:mod:`pdebm.samplers.fields`), optionally as
+   ``substeps`` moves of ``c/S`` that re-evaluate ``∇ₓδE`` where the particles have got to;
+2. **reweighted** (``weights: true``), ``ℓ ← ℓ − E_{θ_{k+1}}(T(x)) + E_{θ_k}(x) + log|det ∇T(x)|``,
+   and resampled (systematic) when ``ESS/N < ess_threshold``;
+3. **corrected** by ``K`` Langevin steps aimed at ``θ_{k+1}`` (the shared kernel, which adds
+   the ULA weight increment; after a resampling these moves are the diversification);
+4. partly **refreshed** with draws from the energy's (current) base distribution.
+
+Weights. The log-weights keep their absolute scale, ``w = exp(−E)/q`` for the particles'
+proposal ``q``: they start at ``log Z_0`` (zero when the model is its normalised base),
+resampling resets them to ``log mean w`` and refreshed particles get ``−E − log base``, so
+particles from different proposals can share one population. The map ``T`` must stay a
+diffeomorphism for the formula to hold: every substep's ``c`` is shrunk so that the
+eigenvalues of ``∇T = I − c∇²δE`` stay ≥ ``jacobian_floor`` at every particle (exactly from
+the Hessian in low dimension; from the probes' ``‖∇²δE‖_F`` with Hutchinson).
+
+``∇ₓE_{θ_k}`` without an extra pass. ``negatives`` returns the particles as a leaf tensor with
+``requires_grad``; the trainer's loss ``… − Σ w̄_i E(x_i) + α Σ w̄_i E(x_i)²`` back-propagates
+into it, so ``x.grad_i = w̄_i (2αE_i − 1) ∇ₓE_{θ_k}(x_i)``. The unweighted exact ``δE`` divides
+that factor out (``E_{θ_k}(x_i)`` comes from the forward pass ``δE`` needs anyway) and pays one
+gradient pass (``∇ₓE_{θ_{k+1}}``) instead of two. One particle is checked against a direct
+gradient every step; particles whose factor is too small to divide by (``w̄_i`` underflow,
+``2αE_i ≈ 1``), a missing ``x.grad`` or a failed check fall back to direct passes, so the
+result never depends on the shortcut. ``α`` is ``loss_energy_reg`` (``${energy_reg}``). With
+weights the transport needs the Hessian of ``δE``, so both energies are differentiated directly.
+
+Cost (``grad_evals``, per-particle gradient passes through one copy of the network): the
+shortcut's ``∇E_{θ_{k+1}}`` counts ``N``; any other ``∇ₓδE`` counts ``2N`` (two networks, or the
+first-order double backward); every Hessian row or Hutchinson probe ``2N``; Langevin as the
+kernel reports it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pdebm.energy.base import Energy, EnergyModel, FrozenEnergy
+from pdebm.errors import check, positive
+from pdebm.samplers.base import Sampler
+from pdebm.samplers.fields import make_field
+from pdebm.samplers.langevin import LangevinConfig, energy_and_grad, langevin
+from pdebm.samplers.weights import (Curvature, ExactCurvature, HutchinsonCurvature, ess,
+                                    logmeanexp, safe_coefficient, systematic_resample)
+
+DELTAS = ("exact", "first_order")
+LOGDETS = ("auto", "exact", "hutchinson")
+INITS = ("auto", "exact", "burn_in")
+EXACT_LOGDET_MAX_DIM = 10
+"""``logdet: auto`` takes the full Hessian up to this data dimension and Hutchinson probes above."""
+SHORTCUT_RTOL = 1e-3
+"""Relative tolerance of the per-step check of the ``x.grad`` shortcut against a direct gradient."""
+
+
+def exact_delta(before: Energy, after: Energy, x: Tensor,
+                create_graph: bool = False) -> tuple[Tensor, Tensor]:
+    """``δE = E_after(x) − E_before(x)`` (N,) and ``∇ₓδE``; ``x`` is a leaf with ``requires_grad``.
+    With ``create_graph`` the gradient keeps its graph, for Hessians."""
+    d = after(x) - before(x)
+    (g,) = torch.autograd.grad(d.sum(), x, create_graph=create_graph)
+    return d.detach(), g
+
+
+def first_order_delta(before: FrozenEnergy, after: EnergyModel, x: Tensor,
+                      create_graph: bool = False) -> tuple[Tensor, Tensor]:
+    """``δE ≈ ∇_θE_{θ_{k+1}}(x)·(θ_{k+1} − θ_k)`` per particle and its ``∇ₓ``.
+
+    Double-backward trick: with ``v = 1 ∈ R^N``, ``s(v, x) = ∇_θ(Σ_i v_i E(x_i))·Δθ = Σ_i v_i δE_i``,
+    so one backward pass of ``s`` gives ``∂s/∂v = δE`` and ``∂s/∂x = ∇ₓδE``.
+    """
+    named = [(n, p) for n, p in after.named_parameters() if p.requires_grad]
+    e = after(x)
+    v = torch.ones_like(e, requires_grad=True)
+    grads = torch.autograd.grad(e, [p for _, p in named], grad_outputs=v, create_graph=True,
+                                allow_unused=True)
+    s = sum((g * (p.detach() - before.params[n])).sum()
+            for (n, p), g in zip(named, grads) if g is not None)
+    if not torch.is_tensor(s) or not s.requires_grad:  # the parameters did not move
+        return torch.zeros_like(e).detach(), torch.zeros_like(x)
+    g_x, d = torch.autograd.grad(s, [x, v], create_graph=create_graph, allow_unused=True)
+    return (torch.zeros_like(e) if d is None else d).detach(), \
+        torch.zeros_like(x) if g_x is None else g_x
+
+
+class ParticleSampler(Sampler):
+    """Particles transported with the model, optionally weighted (see the module docstring).
+
+    Args:
+        n_samples: number of particles ``N`` (the negatives of every step).
+        field: ``gradient`` (``c = 1``), ``optimal`` (``c*``) or ``none`` (no transport).
+        delta: ``δE`` as ``exact`` (``E_{θ_{k+1}} − E_{θ_k}``) or ``first_order``.
+        max_displacement: clip of the optimal ``c``: root-mean-square displacement per step.
+        n_steps, step_size, noise_scale, mala, grad_clip: the Langevin correction (``K = 0``
+            allowed).
+        refresh: fraction ``ρ`` of the particles re-drawn from the base after each step.
+        init: ``exact`` (base draws are samples of the initial model), ``burn_in`` (always run
+            ``burn_in`` Langevin steps first) or ``auto`` (burn in unless the network's output
+            is identically zero at the drawn particles, i.e. the model is its base).
+        burn_in: Langevin steps ``M`` of the burn-in.
+        weights: carry importance weights (design §4).
+        logdet: ``log|det ∇T|`` ``exact`` (Hessian), ``hutchinson`` (probes) or ``auto``
+            (exact up to :data:`EXACT_LOGDET_MAX_DIM` dimensions).
+        n_probes: Rademacher probes per particle for Hutchinson.
+        ess_threshold: resample when ``ESS/N`` falls below this (0: never).
+        substeps: split the transport into this many moves of ``c/S``.
+        jacobian_floor: smallest eigenvalue allowed for ``∇T`` when weighted (shrinks ``c``).
+        loss_energy_reg: the trainer's ``α`` (``energy_reg``), to read ``∇ₓE`` off ``x.grad``.
+        reuse_loss_grad: take ``∇ₓE_{θ_k}`` from the trainer's backward (else a direct pass).
+    """
+
+    def __init__(self, n_samples: int = 1000, field: str = "optimal", delta: str = "exact",
+                 max_displacement: float = 1.0, n_steps: int = 10, step_size: float = 1e-2,
+                 noise_scale: float | None = None, mala: bool = False,
+                 grad_clip: float | None = None, refresh: float = 0.0, init: str = "auto",
+                 burn_in: int = 1000, weights: bool = False, logdet: str = "auto",
+                 n_probes: int = 1, ess_threshold: float = 0.5, substeps: int = 1,
+                 jacobian_floor: float = 0.1, loss_energy_reg: float = 0.0,
+                 reuse_loss_grad: bool = True) -> None:
+        super().__init__()
+        positive("sampler.n_samples", n_samples)
+        check(delta in DELTAS, f"sampler.delta={delta!r} is not one of {list(DELTAS)}")
+        check(logdet in LOGDETS, f"sampler.logdet={logdet!r} is not one of {list(LOGDETS)}")
+        check(init in INITS, f"sampler.init={init!r} is not one of {list(INITS)}")
+        check(0 <= refresh < 1, f"sampler.refresh must be in [0, 1), got {refresh}")
+        positive("sampler.burn_in", burn_in, allow_zero=True)
+        positive("sampler.n_probes", n_probes)
+        check(0 <= ess_threshold <= 1,
+              f"sampler.ess_threshold must be in [0, 1], got {ess_threshold}")
+        positive("sampler.substeps", substeps)
+        check(0 < jacobian_floor < 1,
+              f"sampler.jacobian_floor must be in (0, 1), got {jacobian_floor}")
+        positive("sampler.loss_energy_reg", loss_energy_reg, allow_zero=True)
+        self.field = make_field(field, max_displacement)
+        self.kernel = LangevinConfig(n_steps, step_size, noise_scale, mala, grad_clip)
+        self.kernel.validate()
+        self.n_samples, self.delta, self.refresh = int(n_samples), delta, float(refresh)
+        self.init, self.burn_in, self.weighted = init, int(burn_in), bool(weights)
+        self.logdet, self.n_probes, self.ess_threshold = logdet, int(n_probes), ess_threshold
+        self.substeps, self.jacobian_floor = int(substeps), float(jacobian_floor)
+        self.loss_energy_reg = float(loss_energy_reg)
+        self.reuse_loss_grad = bool(reuse_loss_grad)
+        self.x: Tensor | None = None      # particles (N, *shape)
+        self.log_w: Tensor | None = None  # log-weights ℓ (N,); zeros when unweighted
+        self._leaf: Tensor | None = None  # the tensor negatives() handed out since the last update
+        self._stats: dict[str, float] = {}
+
+    # ----------------------------------------------------------------------------- interface
+    def negatives(self, energy: EnergyModel) -> tuple[Tensor, Tensor]:
+        """The particles as a leaf with ``requires_grad`` (the same tensor until the next
+        ``update``, so the trainer's backward fills its ``.grad``) and their log-weights."""
+        if self.x is None:
+            self._initialise(energy)
+        if self._leaf is None:
+            self.x, self.log_w = self.x.to(energy.device), self.log_w.to(energy.device)
+            self._leaf = self.x.detach().requires_grad_(True)
+        return self._leaf, self.log_w
+
+    def update(self, energy_before: Energy, energy_after: EnergyModel) -> None:
+        """Transport, reweight, resample, correct and refresh the particles for ``θ_{k+1}``."""
+        if self.x is None:  # nothing handed out yet, nothing to move
+            return
+        n = self.n_samples
+        with torch.enable_grad():
+            x, log_det, c = self._transport(energy_before, energy_after)
+        stats = {"c": c, "displacement": float((x - self.x).flatten(1).norm(dim=1).mean())}
+        log_w = self.log_w
+        if self.weighted:
+            with torch.no_grad():
+                log_w = (log_w - energy_after(x) + energy_before(self.x)
+                         + log_det.to(log_w.dtype))
+            stats["ess"] = ess(log_w) / n
+            resample = stats["ess"] < self.ess_threshold
+            if resample:
+                x = x[systematic_resample(log_w)]
+                log_w = logmeanexp(log_w).expand(n).clone()
+            stats["resampled"] = float(resample)
+        out = langevin(energy_after, x, self.kernel,
+                       log_weights=log_w if self.weighted else None)
+        self.grad_evals += out.grad_evals
+        if out.accept_rate is not None:
+            stats["accept_rate"] = out.accept_rate
+        x, log_w = self._refresh(energy_after, out.x, out.log_weights if self.weighted else log_w)
+        if self.weighted:
+            stats["ess_out"] = ess(log_w) / n
+        self.x, self.log_w, self._leaf, self._stats = x.detach(), log_w.detach(), None, stats
+
+    def stats(self) -> dict[str, float]:
+        """``c`` (coefficient used), ``displacement`` (mean ``|T(x) − x|``), ``accept_rate``
+        (MALA); weighted: ``ess`` (ESS/N before resampling), ``resampled`` (0/1) and
+        ``ess_out`` (ESS/N of the negatives handed out next)."""
+        return dict(self._stats)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "x": self.x, "log_w": self.log_w}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.x, self.log_w, self._leaf = state["x"], state["log_w"], None
+
+    # ------------------------------------------------------------------------------- pieces
+    def _initialise(self, energy: EnergyModel) -> None:
+        """Draw the particles from the base and burn them in unless the model *is* the base.
+
+        ``r = −E − log base`` is zero at every draw exactly when the network outputs zero; its
+        log-mean-exp estimates ``log Z_0``, the weights' starting value.
+        """
+        x = energy.sample_base(self.n_samples).detach()
+        log_z = torch.zeros((), device=x.device)
+        if self.init != "exact":
+            with torch.no_grad():
+                r = -energy(x) - energy.base.log_prob(x)
+            log_z = logmeanexp(r)
+            if self.init == "burn_in" or bool(r.abs().max() > 0):
+                out = langevin(energy, x, replace(self.kernel, n_steps=self.burn_in))
+                x = out.x
+                self.grad_evals += out.grad_evals
+        self.x = x
+        self.log_w = (log_z.expand(self.n_samples).clone() if self.weighted
+                      else torch.zeros(self.n_samples, device=x.device))
+
+    def _transport(self, before: Energy, after: EnergyModel) -> tuple[Tensor, Tensor, float]:
+        """``T(x)``, ``log|det ∇T(x)|`` (computed when weighted) and the total ``c`` used."""
+        x0 = self.x
+        log_det = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
+        if self.field is None:
+            return x0, log_det, 0.0
+        w_bar = torch.softmax(self.log_w, 0)
+        shortcut = self.reuse_loss_grad and self.delta == "exact" and not self.weighted
+        x, c, c_total = x0, 0.0, 0.0
+        for step in range(self.substeps):
+            xs = x.detach().requires_grad_(True)
+            if step == 0 and shortcut:
+                delta_e, grad = self._exact_delta_from_loss(before, after, x0)
+            else:
+                delta_e, grad = self._delta(before, after, xs)
+            if step == 0:
+                c = self.field.coefficient(delta_e, grad, w_bar)
+            if c == 0.0:
+                break
+            c_step = c / self.substeps
+            if self.weighted:
+                curvature = self._curvature(grad, xs)
+                c_step = min(c_step, safe_coefficient(curvature.bound(), self.jacobian_floor))
+                log_det = log_det + curvature.logdet(c_step)
+            x = (xs - c_step * grad).detach()
+            c_total += c_step
+        return x, log_det, c_total
+
+    def _delta(self, before: Energy, after: EnergyModel, xs: Tensor) -> tuple[Tensor, Tensor]:
+        """``δE`` and ``∇ₓδE`` at the leaf ``xs``, keeping the graph when weighted (Hessians)."""
+        fn = exact_delta if self.delta == "exact" else first_order_delta
+        self.grad_evals += 2 * xs.shape[0]
+        return fn(before, after, xs, create_graph=self.weighted)
+
+    def _curvature(self, grad: Tensor, xs: Tensor) -> Curvature:
+        dim = grad[0].numel()
+        exact = self.logdet == "exact" or (self.logdet == "auto" and dim <= EXACT_LOGDET_MAX_DIM)
+        self.grad_evals += 2 * xs.shape[0] * (dim if exact else self.n_probes)
+        return ExactCurvature.of(grad, xs) if exact else HutchinsonCurvature.of(grad, xs, self.n_probes)
+
+    def _exact_delta_from_loss(self, before: Energy, after: EnergyModel,
+                               x: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact ``δE`` and ``∇ₓδE`` with ``∇ₓE_{θ_k}`` read off the trainer's backward."""
+        with torch.no_grad():
+            e_before = before(x)
+        grad_before = self._grad_before_from_loss(before, x, e_before)
+        e_after, grad_after = energy_and_grad(after, x)
+        self.grad_evals += x.shape[0]
+        return e_after - e_before, grad_after - grad_before
+
+    def _grad_before_from_loss(self, before: Energy, x: Tensor, e_before: Tensor) -> Tensor:
+        """``∇ₓE_{θ_k}(x)`` from ``x.grad = w̄ (2αE − 1) ∇ₓE`` where that factor can be divided
+        out, checked on one particle; direct gradient passes everywhere else."""
+        two_alpha_e = 2 * self.loss_energy_reg * e_before
+        factor = torch.softmax(self.log_w, 0) * (two_alpha_e - 1)
+        received = self._leaf is not None and self._leaf.grad is not None
+        usable = ((factor.abs() > 1e-30)
+                  & ((1 - two_alpha_e).abs() > 1e-3 * (1 + two_alpha_e.abs()))
+                  & received)
+        grad = torch.empty_like(x)
+        if usable.any():
+            shape = (-1, *([1] * (x.dim() - 1)))
+            grad[usable] = self._leaf.grad[usable] / factor[usable].view(shape)
+            i = int(torch.where(usable, factor.abs(), -1.0).argmax())
+            _, direct = energy_and_grad(before, x[i:i + 1])
+            self.grad_evals += 1
+            if float((grad[i] - direct[0]).norm()) > SHORTCUT_RTOL * float(direct.norm()) + 1e-12:
+                warnings.warn("sampler: x.grad from the trainer's loss does not match ∇E at the "
+                              "particles (is sampler.loss_energy_reg equal to energy_reg?); "
+                              "computing ∇E directly")
+                usable[:] = False
+        missing = ~usable
+        if missing.any():
+            _, grad[missing] = energy_and_grad(before, x[missing])
+            self.grad_evals += int(missing.sum())
+        return grad
+
+    def _refresh(self, energy: EnergyModel, x: Tensor, log_w: Tensor) -> tuple[Tensor, Tensor]:
+        """Replace a fraction ``ρ`` of the particles by base draws; when weighted they carry
+        their own proposal's weight ``exp(−E)/base`` on the population's absolute scale."""
+        k = round(self.refresh * self.n_samples)
+        if k == 0:
+            return x, log_w
+        idx = torch.randperm(self.n_samples, device=x.device)[:k]
+        fresh = energy.sample_base(k).detach()
+        x = x.clone()
+        x[idx] = fresh
+        if self.weighted:
+            log_w = log_w.clone()
+            with torch.no_grad():
+                log_w[idx] = -energy(fresh) - energy.base.log_prob(fresh)
+        return x, log_w
