@@ -93,6 +93,9 @@ def build(cfg: DictConfig) -> Run:
     validate(cfg)
     state = checkpoint.load(cfg.resume) if cfg.resume else None
     device = resolve_device(cfg.device)
+    if cfg.num_threads is not None:
+        positive("num_threads", cfg.num_threads)
+        torch.set_num_threads(int(cfg.num_threads))
     seed_everything(cfg.seed)
     dataset: Dataset = instantiate(cfg.dataset, seed=cfg.seed)
     energy: EnergyModel = instantiate(cfg.energy, data_shape=dataset.shape,
