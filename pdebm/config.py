@@ -53,3 +53,23 @@ def instantiate(node, **kwargs):
             raise cause from None
         first = str(e).splitlines()[0]
         raise ConfigError(f"cannot build {node.get('_target_', '?')}: {first}") from None
+
+
+def compose_config(overrides: list[str], run_dir: str | Path | None = None,
+                   config_name: str = "train"):
+    """Compose the config tree with overrides, outside the CLI (tests, benchmark scripts), and
+    register it as the current HydraConfig so that ``train(cfg)`` finds its run directory."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg

@@ -76,6 +76,8 @@ def seed_everything(seed: int) -> None:
 def validate(cfg: DictConfig) -> None:
     """Top-level settings; the groups' own values are checked by their constructors."""
     positive("steps", cfg.steps)
+    if cfg.budget is not None:
+        positive("budget", cfg.budget)
     positive("batch_size", cfg.batch_size)
     positive("lr", cfg.lr)
     positive("log_every", cfg.log_every)
@@ -242,6 +244,11 @@ def hparams(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+def over_budget(run: Run) -> bool:
+    """Equal-cost comparisons: stop once the sampler has spent ``budget`` gradient evaluations."""
+    return run.cfg.budget is not None and run.sampler.grad_evals >= run.cfg.budget
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one EBM as configured; returns the final evaluation metrics."""
     run = build(cfg)
@@ -280,7 +287,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     alpha = float(cfg.energy_reg)
     latest: dict[str, float] = {}
     with StopRequest() as stop:
-        while run.step < cfg.steps:
+        while run.step < cfg.steps and not over_budget(run):
             t0 = time.perf_counter()
             x_data = run.dataset.train_batch(cfg.batch_size).to(run.device)
             x_neg, log_w = run.sampler.negatives(run.energy)

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from pdebm.config import CONFIG_DIR, register_resolvers
+from pdebm.config import compose_config, register_resolvers
 
 register_resolvers()
 torch.set_num_threads(1)  # CI has 2 cores; keep tests from oversubscribing them
@@ -27,22 +25,10 @@ FAST_SAMPLER = {"sgld": ["sampler.n_steps=3"], "pcd": ["sampler.n_steps=3", "sam
                 "exact": [], "particle": ["sampler.n_steps=2"]}
 
 
-def compose_cfg(overrides: list[str], run_dir: Path | None = None, config_name: str = "train") -> DictConfig:
-    """The composed config with Hydra's own node, registered as the current HydraConfig."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    if run_dir is not None:
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 @pytest.fixture
 def make_cfg(tmp_path):
     def _make(*overrides: str, run_dir: Path | None = None) -> DictConfig:
-        return compose_cfg(list(overrides), run_dir or tmp_path / "run")
+        return compose_config(list(overrides), run_dir or tmp_path / "run")
     yield _make
     GlobalHydra.instance().clear()
 

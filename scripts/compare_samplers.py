@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""Benchmark: train with each sampler side by side and print a markdown table per dataset.
+
+Every job is a normal ``train(cfg)`` run (the same trainer as ``pdebm train``) with its own run
+directory under ``--out``; this script only composes configs, runs them (``--jobs`` at a time,
+one torch thread each) and summarises their ``metrics.jsonl``.
+
+Two modes:
+  steps   every sampler trains for the same number of optimizer steps;
+  budget  every gradient-based sampler stops after the same number of per-particle energy-gradient
+          evaluations (``budget=``; default: what PCD spends in ``--steps`` steps). The exact
+          oracle has no gradient cost and runs ``--steps``.
+
+Examples:
+  python scripts/compare_samplers.py --preset fast_2d --datasets 8gaussians --seeds 0 1 2
+  python scripts/compare_samplers.py --preset paper_2d --datasets 8gaussians checkerboard \\
+      --samplers particle pcd sgld exact --seeds 0 1 2 --mode steps
+  python scripts/compare_samplers.py --preset paper_2d --mode budget --steps 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DATASETS_2D = ["8gaussians", "checkerboard", "2spirals", "rings", "pinwheel", "swissroll",
+               "circles", "moons"]
+
+
+def run_job(job: dict) -> dict:
+    """One training run in a fresh process; returns its history and final metrics."""
+    import torch
+
+    from pdebm.config import compose_config
+    from pdebm.train import train
+
+    torch.set_num_threads(1)
+    run_dir = Path(job["run_dir"])
+    done = run_dir / "final_metrics.json"
+    if done.is_file() and not job["force"]:  # reuse finished runs (resumable benchmarks)
+        final = json.loads(done.read_text())
+    else:
+        cfg = compose_config(job["overrides"], run_dir)
+        final = train(cfg)
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {**job, "final": final, "history": history}
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def evals_to_reach(history: list[dict], target: float) -> float | None:
+    """Sampler gradient evaluations at the first evaluation whose test NLL ≤ target."""
+    for row in history:
+        if row.get("test_nll", math.inf) <= target:
+            return row["sampler_grad_evals"]
+    return None
+
+
+def table(dataset: str, results: list[dict], samplers: list[str]) -> str:
+    rows = [f"### {dataset}", "",
+            "| sampler | test NLL (nats) | gap to exact | lag KL | lag floor | MMD² | sampler ∇E evals | wall-clock (s) | steps |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    by = {s: [r for r in results if r["dataset"] == dataset and r["sampler"] == s] for s in samplers}
+    exact_nll = [r["final"]["test_nll"] for r in by.get("exact", [])]
+    for s in samplers:
+        rs = by[s]
+        if not rs:
+            continue
+        f = [r["final"] for r in rs]
+        nll = [x["test_nll"] for x in f]
+        gap = fmt([a - statistics.mean(exact_nll) for a in nll]) if exact_nll and s != "exact" else "–"
+        steps = sorted({r["history"][-1]["step"] for r in rs})
+        rows.append(f"| {s} | {fmt(nll)} | {gap} | {fmt([x['lag_kl'] for x in f])} | "
+                    f"{fmt([x['lag_kl_floor'] for x in f])} | {fmt([x['mmd2'] for x in f], 4)} | "
+                    f"{statistics.median([x['sampler_grad_evals'] for x in f]):.3g} | "
+                    f"{statistics.median([x['wall_clock_s'] for x in f]):.1f} | "
+                    f"{'/'.join(str(s_) for s_ in steps)} |")
+    # cost to reach PCD's final NLL
+    if by.get("particle") and by.get("pcd"):
+        target = statistics.mean(r["final"]["test_nll"] for r in by["pcd"])
+        pcd_cost = statistics.median(r["final"]["sampler_grad_evals"] for r in by["pcd"])
+        reach = [evals_to_reach(r["history"], target) for r in by["particle"]]
+        got = [x for x in reach if x is not None]
+        if got:
+            rows.append(f"\nparticle reaches PCD's final NLL ({target:.3f}) after {statistics.median(got):.3g} "
+                        f"sampler ∇E evals (median of {len(got)}/{len(reach)} seeds that reach it) = "
+                        f"{statistics.median(got) / pcd_cost:.2f} × PCD's {pcd_cost:.3g}")
+        else:
+            rows.append(f"\nparticle does not reach PCD's final NLL ({target:.3f}) in any seed")
+    return "\n".join(rows)
+
+
+def plot(results: list[dict], datasets: list[str], samplers: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        for s in samplers:
+            for i, r in enumerate(r for r in results if r["dataset"] == d and r["sampler"] == s):
+                h = [row for row in r["history"] if "test_nll" in row]
+                x = [max(row["sampler_grad_evals"], 1) for row in h] if s != "exact" else None
+                if x is None:  # the oracle has no gradient cost: draw its final NLL as a line
+                    ax.axhline(h[-1]["test_nll"], color="k", ls="--", lw=1,
+                               label="exact (final)" if i == 0 else None)
+                    continue
+                ax.plot(x, [row["test_nll"] for row in h], color=f"C{samplers.index(s)}", alpha=0.8,
+                        label=s if i == 0 else None)
+        ax.set_xscale("log")
+        ax.set_xlabel("sampler ∇E evaluations")
+        ax.set_ylabel("test NLL (nats)")
+        ax.set_title(d)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="fast_2d", help="experiment preset (fast_2d, paper_2d)")
+    ap.add_argument("--datasets", nargs="+", default=["8gaussians"], help=f"any of {DATASETS_2D} or 'all'")
+    ap.add_argument("--samplers", nargs="+", default=["particle", "pcd", "sgld", "exact"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--mode", choices=["steps", "budget"], default="steps")
+    ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    ap.add_argument("--budget", type=float, default=None, help="budget mode: ∇E evaluations per run")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
+    ap.add_argument("--out", default="outputs/benchmark", help="directory for the runs, table and plot")
+    ap.add_argument("--force", action="store_true", help="rerun jobs that already finished")
+    ap.add_argument("overrides", nargs="*", help="extra config overrides for every run (key=value)")
+    args = ap.parse_args()
+    datasets = DATASETS_2D if args.datasets == ["all"] else args.datasets
+
+    from pdebm.config import compose_config
+
+    base = compose_config([f"experiment={args.preset}", *args.overrides])
+    steps = args.steps or int(base.steps)
+    budget = args.budget
+    if args.mode == "budget" and budget is None:
+        pcd = compose_config([f"experiment={args.preset}", "sampler=pcd", *args.overrides])
+        budget = steps * pcd.sampler.n_steps * pcd.sampler.n_samples
+    out = Path(args.out) / f"{args.preset}-{args.mode}"
+    jobs = []
+    for d in datasets:
+        for s in args.samplers:
+            for seed in args.seeds:
+                ov = [f"experiment={args.preset}", f"dataset={d}", f"sampler={s}", f"seed={seed}",
+                      "progress=false", "num_threads=1", *args.overrides]
+                if args.mode == "budget" and s != "exact":
+                    ov += [f"steps={100 * steps}", f"budget={int(budget)}"]
+                else:
+                    ov.append(f"steps={steps}")
+                jobs.append({"dataset": d, "sampler": s, "seed": seed, "overrides": ov,
+                             "run_dir": str(out / d / s / f"seed={seed}"), "force": args.force})
+    t0 = time.time()
+    print(f"{len(jobs)} runs, {args.jobs} at a time, into {out}", file=sys.stderr)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        results = []
+        for r in pool.map(run_job, jobs):
+            f = r["final"]
+            print(f"  {r['dataset']:>12} {r['sampler']:>8} seed={r['seed']}: NLL {f['test_nll']:.3f} "
+                  f"lag {f['lag_kl']:.3f} evals {f['sampler_grad_evals']:.3g} "
+                  f"{f['wall_clock_s']:.1f}s", file=sys.stderr)
+            results.append(r)
+    header = (f"## preset={args.preset} mode={args.mode} steps={steps}"
+              + (f" budget={budget:.3g}" if args.mode == "budget" else "")
+              + f" seeds={args.seeds} {' '.join(args.overrides)}")
+    text = "\n\n".join([header] + [table(d, results, args.samplers) for d in datasets])
+    print(text)
+    (out / "table.md").write_text(text + "\n")
+    plot(results, datasets, args.samplers, out / "nll_vs_cost.png")
+    print(f"\n(table: {out / 'table.md'}, curves: {out / 'nll_vs_cost.png'}, "
+          f"{time.time() - t0:.0f} s in all)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
