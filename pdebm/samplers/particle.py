@@ -75,8 +75,9 @@ def first_order_delta(before: FrozenEnergy, after: EnergyModel, x: Tensor,
                       create_graph: bool = False) -> tuple[Tensor, Tensor]:
     """``δE ≈ ∇_θE_{θ_{k+1}}(x)·(θ_{k+1} − θ_k)`` per particle and its ``∇ₓ``.
 
-    Double-backward trick: with ``v = 1 ∈ R^N``, ``s(v, x) = ∇_θ(Σ_i v_i E(x_i))·Δθ = Σ_i v_i δE_i``,
-    so one backward pass of ``s`` gives ``∂s/∂v = δE`` and ``∂s/∂x = ∇ₓδE``.
+    Double-backward trick: with ``v = 1 ∈ R^N``,
+    ``s(v, x) = ∇_θ(Σ_i v_i E(x_i))·Δθ = Σ_i v_i δE_i``, so one backward pass of ``s`` gives
+    ``∂s/∂v = δE`` and ``∂s/∂x = ∇ₓδE``.
     """
     named = [(n, p) for n, p in after.named_parameters() if p.requires_grad]
     e = after(x)
@@ -88,8 +89,9 @@ def first_order_delta(before: FrozenEnergy, after: EnergyModel, x: Tensor,
     if not torch.is_tensor(s) or not s.requires_grad:  # the parameters did not move
         return torch.zeros_like(e).detach(), torch.zeros_like(x)
     g_x, d = torch.autograd.grad(s, [x, v], create_graph=create_graph, allow_unused=True)
-    return (torch.zeros_like(e) if d is None else d).detach(), \
-        torch.zeros_like(x) if g_x is None else g_x
+    if g_x is None:  # δE does not depend on x (only an additive constant moved)
+        g_x = torch.zeros_like(x)
+    return d.detach(), g_x
 
 
 class ParticleSampler(Sampler):
@@ -266,7 +268,9 @@ class ParticleSampler(Sampler):
         dim = grad[0].numel()
         exact = self.logdet == "exact" or (self.logdet == "auto" and dim <= EXACT_LOGDET_MAX_DIM)
         self.grad_evals += 2 * xs.shape[0] * (dim if exact else self.n_probes)
-        return ExactCurvature.of(grad, xs) if exact else HutchinsonCurvature.of(grad, xs, self.n_probes)
+        if exact:
+            return ExactCurvature.of(grad, xs)
+        return HutchinsonCurvature.of(grad, xs, self.n_probes)
 
     def _exact_delta_from_loss(self, before: Energy, after: EnergyModel,
                                x: Tensor) -> tuple[Tensor, Tensor]:
