@@ -20,7 +20,8 @@ torch.set_num_threads(1)  # CI has 2 cores; keep tests from oversubscribing them
 # Settings that make a training run take a second or two.
 TINY = ["steps=4", "batch_size=64", "eval_every=2", "log_every=1", "ckpt_every=2",
         "eval.resolution=40", "eval.lag_bins=10", "eval.mmd_points=64", "eval.n_plot=64",
-        "energy.hidden=32", "progress=false", "dataset.n_test=200", "dataset.n_stats=500"]
+        "progress=false", "dataset.n_test=200", "dataset.n_stats=500"]
+TINY_2D = [*TINY, "energy.hidden=32"]  # TINY plus a small MLP (the conv energy has no `hidden`)
 FAST_SAMPLER = {"sgld": ["sampler.n_steps=3"], "pcd": ["sampler.n_steps=3", "sampler.buffer_size=128"],
                 "exact": [], "particle": ["sampler.n_steps=2"]}
 

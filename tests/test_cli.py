@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import FAST_SAMPLER, TINY, run_cli
+from tests.conftest import FAST_SAMPLER, TINY, TINY_2D, run_cli
 
 DOCUMENTED_TAGS = {"train/loss", "train/energy_gap", "train/lr", "eval/test_nll", "eval/lag_kl",
                    "eval/lag_kl_floor", "eval/mmd2", "eval/energy_gap", "cost/sampler_grad_evals",
@@ -54,7 +54,7 @@ def test_help_lists_commands(tmp_path):
 
 @pytest.mark.parametrize("sampler", ["sgld", "pcd", "exact"])
 def test_train_writes_events_figure_hparams_checkpoint(tmp_path, sampler):
-    r = run_cli(["train", f"sampler={sampler}", *TINY, *FAST_SAMPLER[sampler]], tmp_path)
+    r = run_cli(["train", f"sampler={sampler}", *TINY_2D, *FAST_SAMPLER[sampler]], tmp_path)
     assert r.returncode == 0, r.stderr
     run = only_run_dir(tmp_path / "outputs" / "train")
     assert DOCUMENTED_TAGS <= scalar_tags(run)
@@ -76,7 +76,7 @@ def test_console_script_is_installed(tmp_path):
 
 @pytest.mark.parametrize("launcher", [None, "parallel"])
 def test_multirun_writes_separate_run_dirs(tmp_path, launcher):
-    args = ["train", "-m", "seed=0,1", *TINY, "steps=2", *FAST_SAMPLER["sgld"]]
+    args = ["train", "-m", "seed=0,1", *TINY_2D, "steps=2", *FAST_SAMPLER["sgld"]]
     if launcher:
         args.append(f"hydra/launcher={launcher}")
     r = run_cli(args, tmp_path)
@@ -88,7 +88,7 @@ def test_multirun_writes_separate_run_dirs(tmp_path, launcher):
 
 
 def test_sweep_dir_named_after_overrides(tmp_path):
-    r = run_cli(["train", "-m", "sampler=sgld,pcd", "seed=3", *TINY, "steps=1",
+    r = run_cli(["train", "-m", "sampler=sgld,pcd", "seed=3", *TINY_2D, "steps=1",
                  "sampler.n_steps=2"], tmp_path)
     assert r.returncode == 0, r.stderr
     names = sorted(p.parent.name for p in (tmp_path / "outputs").rglob("final_metrics.json"))
@@ -128,7 +128,7 @@ def test_corrupted_checkpoint_fails_fast(tmp_path):
 
 def test_sigterm_writes_checkpoint_and_resume_matches(tmp_path):
     """SIGTERM mid-run writes a final checkpoint; continuing it equals the uninterrupted run."""
-    common = [*TINY, "steps=40", "ckpt_every=0", "eval_every=20", *FAST_SAMPLER["pcd"], "sampler=pcd"]
+    common = [*TINY_2D, "steps=40", "ckpt_every=0", "eval_every=20", *FAST_SAMPLER["pcd"], "sampler=pcd"]
     full = run_cli(["train", *common, "hydra.run.dir=full"], tmp_path)
     assert full.returncode == 0, full.stderr
     env = {"OMP_NUM_THREADS": "1"}

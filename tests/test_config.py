@@ -9,7 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from pdebm.config import CONFIG_DIR
 from pdebm.errors import ConfigError
 from pdebm.train import build
-from tests.conftest import FAST_SAMPLER, TINY
+from tests.conftest import FAST_SAMPLER, TINY, TINY_2D
 
 GROUPS = {g: sorted(p.stem for p in (CONFIG_DIR / g).glob("*.yaml"))
           for g in ("dataset", "energy", "sampler", "schedule", "experiment")}
@@ -36,7 +36,8 @@ def test_every_yaml_key_is_commented():
 
 
 def _build(make_cfg, *overrides):
-    return build(make_cfg(*TINY, *overrides))
+    image = any(o in ("energy=conv", "dataset=digits") for o in overrides)
+    return build(make_cfg(*(TINY if image else TINY_2D), *overrides))
 
 
 @pytest.mark.parametrize("name", GROUPS["dataset"])

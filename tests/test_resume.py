@@ -3,12 +3,12 @@
 import pytest
 
 from pdebm.train import train
-from tests.conftest import FAST_SAMPLER, TINY
+from tests.conftest import FAST_SAMPLER, TINY, TINY_2D
 
 
 @pytest.mark.parametrize("sampler", ["sgld", "pcd", "exact"])
 def test_resume_reproduces_uninterrupted_run(make_cfg, tmp_path, sampler):
-    common = [*TINY, f"sampler={sampler}", *FAST_SAMPLER[sampler]]
+    common = [*TINY_2D, f"sampler={sampler}", *FAST_SAMPLER[sampler]]
     full = train(make_cfg(*common, "steps=6", run_dir=tmp_path / "full"))
     train(make_cfg(*common, "steps=3", run_dir=tmp_path / "first"))      # stops mid-way at step 3
     ckpt = tmp_path / "first" / "checkpoints" / "last.pt"
@@ -18,8 +18,8 @@ def test_resume_reproduces_uninterrupted_run(make_cfg, tmp_path, sampler):
 
 
 def test_same_seed_same_numbers_different_seed_different(make_cfg, tmp_path):
-    a = train(make_cfg(*TINY, *FAST_SAMPLER["sgld"], run_dir=tmp_path / "a"))
-    b = train(make_cfg(*TINY, *FAST_SAMPLER["sgld"], run_dir=tmp_path / "b"))
-    c = train(make_cfg(*TINY, *FAST_SAMPLER["sgld"], "seed=1", run_dir=tmp_path / "c"))
+    a = train(make_cfg(*TINY_2D, *FAST_SAMPLER["sgld"], run_dir=tmp_path / "a"))
+    b = train(make_cfg(*TINY_2D, *FAST_SAMPLER["sgld"], run_dir=tmp_path / "b"))
+    c = train(make_cfg(*TINY_2D, *FAST_SAMPLER["sgld"], "seed=1", run_dir=tmp_path / "c"))
     assert a["test_nll"] == b["test_nll"] and a["mmd2"] == b["mmd2"]
     assert a["test_nll"] != c["test_nll"]

@@ -1,0 +1,368 @@
+"""Image data sets: scikit-learn's 8×8 digits (bundled, offline), MNIST and Fashion-MNIST (IDX).
+
+Every image set shares one preprocessing pipeline, from integer grey levels ``v ∈ {0, …, L−1}``
+to the *model space* the energy sees:
+
+1. scale to the pixel space ``u ∈ [0, 1]``: ``u = (v + U)/L`` with ``U ~ U[0, 1)`` per pixel when
+   ``dequantize`` (uniform dequantisation: a continuous density on ``[0, 1)^D`` whose likelihood
+   bounds the discrete one), otherwise ``u = v/(L − 1)``;
+2. ``transform``: ``none`` (``x = u``) or ``logit`` (``x = logit(λ + (1 − 2λ)u)``).
+
+``to_images`` inverts step 2 (for display), and ``log_det_jacobian`` gives ``log |∂x/∂u|`` so that
+a model-space log-density converts to the pixel space: ``log p(u) = log p(x) + log |∂x/∂u|``
+(what AIS needs to report nats and bits/dim comparable across transforms).
+
+Randomness: the training order (reshuffled every epoch) and the training dequantisation noise
+come from a numpy Generator seeded by the run's seed, saved in ``state_dict``. The test set (and
+its dequantisation noise), the digits train/test split and the noise used for the data
+statistics come from fixed seeds, independent of the run's seed, so every run of a sweep is
+evaluated on exactly the same held-out tensor.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pdebm.data.base import Dataset
+from pdebm.errors import ConfigError, check, positive
+
+TRANSFORMS = ("none", "logit")
+SPLIT_SEED = 0        # digits train/test permutation (fixed: the split never depends on the run)
+TEST_NOISE_SEED = 1   # dequantisation noise of the fixed test set
+STATS_SEED = 2        # dequantisation noise used for the data mean/std (base initialisation)
+_STATS_CHUNK = 8192   # images preprocessed at once when computing statistics
+
+
+class ImageDataset(Dataset):
+    """Integer-valued images with the shared preprocessing, epoch-wise training batches and a
+    fixed test set (module docstring).
+
+    Args:
+        train, test: ``uint8`` grey levels, shape ``(N, H, W)`` or ``(N, C, H, W)``.
+        levels: number of grey levels ``L`` (256 for MNIST, 17 for the digits).
+        seed: the run's seed (training order and training dequantisation noise).
+        dequantize: uniform dequantisation ``(v + U)/L``; needed for meaningful likelihoods.
+        transform: ``none`` or ``logit``.
+        logit_lambda: ``λ`` of the logit transform, in (0, 0.5).
+        n_train: keep only the first ``n_train`` training images (``None``: all).
+        n_test: keep only the first ``n_test`` test images (``None``: all).
+        n_stats: at most this many (first) training images estimate the per-pixel mean/std
+            that initialise the Gaussian base (``None``: all).
+    """
+
+    levels: int
+    name: str = "images"
+
+    def __init__(self, train: np.ndarray, test: np.ndarray, levels: int, seed: int = 0,
+                 dequantize: bool = True, transform: str = "none", logit_lambda: float = 0.05,
+                 n_train: int | None = None, n_test: int | None = None,
+                 n_stats: int | None = None) -> None:
+        check(transform in TRANSFORMS,
+              f"dataset.transform={transform!r} is not one of {list(TRANSFORMS)}")
+        check(0.0 < float(logit_lambda) < 0.5,
+              f"dataset.logit_lambda must be in (0, 0.5), got {logit_lambda}")
+        train, test = _as_nchw(train), _as_nchw(test)
+        self._train = _limit(train, n_train, "n_train", "training")
+        test = _limit(test, n_test, "n_test", "test")
+        self.levels = int(levels)
+        self.dequantize = bool(dequantize)
+        self.transform = transform
+        self.logit_lambda = float(logit_lambda)
+        self.shape = tuple(int(s) for s in self._train.shape[1:])
+        self.n_train = len(self._train)
+        self.test = self._preprocess(test, np.random.default_rng(TEST_NOISE_SEED))
+        if n_stats is not None:
+            positive("dataset.n_stats", n_stats)
+        self.mean, self.std = self._statistics(min(n_stats or self.n_train, self.n_train))
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
+        self._order = self.rng.permutation(self.n_train)
+        self._pos = 0
+
+    # ---------------------------------------------------------------- preprocessing
+    @property
+    def n_dims(self) -> int:
+        """Dimensions per image ``D = C·H·W`` (the denominator of bits/dim)."""
+        return math.prod(self.shape)
+
+    def to_model(self, u: Tensor) -> Tensor:
+        """Pixel space ``[0, 1]`` → model space (step 2 of the module docstring)."""
+        if self.transform == "none":
+            return u
+        lam = self.logit_lambda
+        s = lam + (1 - 2 * lam) * u
+        return torch.log(s) - torch.log1p(-s)
+
+    def to_images(self, x: Tensor) -> Tensor:
+        """Model space → displayable images in ``[0, 1]``, shape ``(N, C, H, W)``."""
+        x = x.detach().reshape(-1, *self.shape)
+        if self.transform == "logit":
+            x = (torch.sigmoid(x) - self.logit_lambda) / (1 - 2 * self.logit_lambda)
+        return x.clamp(0.0, 1.0)
+
+    def log_det_jacobian(self, x: Tensor) -> Tensor:
+        """``log |∂x/∂u|`` per image at model-space points ``x``, shape ``(N,)``.
+
+        Add it to a model-space log-density to get the density of the pixels ``u ∈ [0, 1]^D``.
+        For ``logit``: ``D·log(1 − 2λ) − Σ log s(1 − s)`` with ``s = sigmoid(x)``; 0 for ``none``.
+        """
+        x = x.reshape(len(x), -1)
+        if self.transform == "none":
+            return torch.zeros(len(x), dtype=x.dtype, device=x.device)
+        per_pixel = F.softplus(x) + F.softplus(-x)  # −log s − log(1 − s)
+        return per_pixel.sum(1) + x.shape[1] * math.log(1 - 2 * self.logit_lambda)
+
+    def _preprocess(self, v: np.ndarray, rng: np.random.Generator) -> Tensor:
+        """Grey levels ``(N, C, H, W)`` uint8 → model-space float32 tensor."""
+        v = v.astype(np.float32)
+        if self.dequantize:
+            u = (v + rng.random(v.shape, dtype=np.float32)) / self.levels
+        else:
+            u = v / (self.levels - 1)
+        return self.to_model(torch.from_numpy(u))
+
+    def _statistics(self, n: int) -> tuple[Tensor, Tensor]:
+        """Per-pixel mean and std of the first ``n`` preprocessed training images (fixed
+        dequantisation noise)."""
+        rng = np.random.default_rng(STATS_SEED)
+        total = torch.zeros(self.shape, dtype=torch.float64)
+        total_sq = torch.zeros(self.shape, dtype=torch.float64)
+        for i in range(0, n, _STATS_CHUNK):
+            x = self._preprocess(self._train[i:min(i + _STATS_CHUNK, n)], rng).double()
+            total += x.sum(0)
+            total_sq += x.pow(2).sum(0)
+        mean = total / n
+        var = (total_sq / n - mean.pow(2)).clamp_min(0.0)
+        return mean.float(), var.sqrt().float()
+
+    # ---------------------------------------------------------------- training batches
+    def train_batch(self, n: int) -> Tensor:
+        """The next ``n`` training images in a reshuffled-every-epoch order, freshly dequantised."""
+        positive("batch_size", n)
+        parts: list[np.ndarray] = []
+        need = n
+        while need > 0:
+            if self._pos == self.n_train:
+                self._order, self._pos = self.rng.permutation(self.n_train), 0
+            take = self._order[self._pos:self._pos + need]
+            self._pos += len(take)
+            need -= len(take)
+            parts.append(take)
+        return self._preprocess(self._train[np.concatenate(parts)], self.rng)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "order": torch.from_numpy(self._order.copy()),
+                "pos": self._pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self._order = np.asarray(state["order"], dtype=np.int64)
+        self._pos = int(state["pos"])
+        check(len(self._order) == self.n_train,
+              f"checkpoint was saved with {len(self._order)} training images, this config has "
+              f"{self.n_train} (dataset.n_train)")
+
+
+class Digits(ImageDataset):
+    """scikit-learn's bundled 8×8 handwritten digits (1797 images, grey levels 0–16), no download.
+
+    The split is a permutation drawn from the fixed seed :data:`SPLIT_SEED` (independent of the
+    run's seed): its last ``test_fraction`` (20%: 359 images) is the test set, the rest (1438)
+    the training set. Shape ``(1, 8, 8)``, ``L = 17`` levels.
+    """
+
+    name = "digits"
+
+    def __init__(self, seed: int = 0, dequantize: bool = True, transform: str = "none",
+                 logit_lambda: float = 0.05, n_train: int | None = None,
+                 n_test: int | None = None, n_stats: int | None = None,
+                 test_fraction: float = 0.2) -> None:
+        from sklearn.datasets import load_digits
+
+        check(0.0 < float(test_fraction) < 1.0,
+              f"dataset.test_fraction must be in (0, 1), got {test_fraction}")
+        images = load_digits().images.astype(np.uint8)  # (1797, 8, 8), values 0..16
+        perm = np.random.default_rng(SPLIT_SEED).permutation(len(images))
+        n_held = int(round(test_fraction * len(images)))
+        train, test = images[perm[:-n_held]], images[perm[-n_held:]]
+        super().__init__(train, test, levels=17, seed=seed, dequantize=dequantize,
+                         transform=transform, logit_lambda=logit_lambda, n_train=n_train,
+                         n_test=n_test, n_stats=n_stats)
+
+
+# ------------------------------------------------------------------------ MNIST-style IDX sets
+
+IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (``.gz`` if the name ends so): magic ``00 00 <dtype> <ndim>``, then
+    ``ndim`` big-endian uint32 sizes, then the data in row-major order.
+
+    Malformed files (bad magic, truncated, wrong size, broken gzip) are a one-line
+    :class:`ConfigError` naming the file.
+    """
+    path = Path(path)
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise ConfigError(f"cannot read IDX file {path}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES or raw[3] == 0:
+        raise ConfigError(f"{path} is not an IDX file (magic number {raw[:4].hex() or 'missing'}, "
+                          "expected 0000<type><ndim>)")
+    dtype, ndim = IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    check(len(raw) >= header, f"{path} is truncated: its header needs {header} bytes, "
+          f"the file has {len(raw)}")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = math.prod(dims) * dtype.itemsize
+    check(len(raw) - header == expected,
+          f"{path} is truncated or corrupt: its header says shape {tuple(dims)} ({expected} data "
+          f"bytes), the file has {len(raw) - header}")
+    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+class MNIST(ImageDataset):
+    """MNIST digits (28×28, 256 grey levels) read from the standard IDX files in ``root``.
+
+    ``root`` must hold ``train-images-idx3-ubyte`` and ``t10k-images-idx3-ubyte`` (or their
+    ``.gz``), directly, under ``root/raw`` or under ``root/<Name>/raw`` (torchvision's layout).
+    Labels are not used. With ``download=true`` the four standard files are fetched into ``root``
+    as ``.gz`` when missing.
+
+    Args:
+        root: the data directory (``None``: ``$PDEBM_DATA/<default_subdir>``, else ``data/…``).
+        download: fetch missing files from :attr:`MIRRORS` (needs network access).
+        Other arguments: see :class:`ImageDataset`.
+    """
+
+    name = "mnist"
+    title = "MNIST"
+    torchvision_name = "MNIST"
+    default_subdir = "mnist"
+    FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+    DOWNLOAD_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                      "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    MIRRORS: Sequence[str] = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                              "https://storage.googleapis.com/cvdf-datasets/mnist/",
+                              "http://yann.lecun.com/exdb/mnist/")
+
+    def __init__(self, root: str | os.PathLike | None = None, seed: int = 0,
+                 download: bool = False, dequantize: bool = True, transform: str = "none",
+                 logit_lambda: float = 0.05, n_train: int | None = None,
+                 n_test: int | None = None, n_stats: int | None = None) -> None:
+        if root is None:
+            root = Path(os.environ.get("PDEBM_DATA", "data")) / self.default_subdir
+        self.root = Path(root).expanduser().absolute()
+        if download:
+            self.download()
+        train = self._load(self._find("train"))
+        test = self._load(self._find("test"))
+        check(train.shape[1:] == test.shape[1:],
+              f"dataset.root={self.root}: training images are {train.shape[1:]}, "
+              f"test images {test.shape[1:]}")
+        super().__init__(train, test, levels=256, seed=seed, dequantize=dequantize,
+                         transform=transform, logit_lambda=logit_lambda, n_train=n_train,
+                         n_test=n_test, n_stats=n_stats)
+
+    def _dirs(self) -> list[Path]:
+        return [self.root, self.root / "raw", self.root / self.torchvision_name / "raw"]
+
+    def _find(self, split: str) -> Path:
+        """The IDX file of a split, or a one-line ConfigError saying what to put where."""
+        name = self.FILES[split]
+        for d in self._dirs():
+            for candidate in (d / name, d / f"{name}.gz"):
+                if candidate.is_file():
+                    return candidate
+        files = " and ".join(f"{n}(.gz)" for n in self.FILES.values())
+        if not self.root.is_dir():
+            raise ConfigError(f"dataset.root={self.root}: {self.title} data directory does not "
+                              f"exist; put {files} there, or set dataset.download=true")
+        raise ConfigError(f"dataset.root={self.root}: {name}(.gz) not found; put {files} there, "
+                          "or set dataset.download=true")
+
+    def _load(self, path: Path) -> np.ndarray:
+        images = read_idx(path)
+        check(images.ndim == 3 and images.dtype == np.uint8 and len(images) > 0,
+              f"{path}: expected uint8 images of shape (N, H, W), got {images.dtype} "
+              f"{images.shape}")
+        return images
+
+    def download(self) -> None:
+        """Fetch the four standard ``.gz`` files into ``root`` (skipping files already there)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for name in self.DOWNLOAD_FILES:
+            target = self.root / f"{name}.gz"
+            if target.is_file() or (self.root / name).is_file():
+                continue
+            errors = []
+            for mirror in self.MIRRORS:
+                try:
+                    _fetch(mirror + f"{name}.gz", target)
+                    break
+                except (urllib.error.URLError, OSError, TimeoutError) as e:
+                    errors.append(getattr(e, "reason", e))
+            else:
+                raise ConfigError(f"dataset.download=true: cannot fetch {name}.gz from "
+                                  f"{len(self.MIRRORS)} mirror(s) (offline? last error: "
+                                  f"{errors[-1]}); put the files in {self.root} by hand")
+
+
+class FashionMNIST(MNIST):
+    """Fashion-MNIST (Zalando's 28×28 clothing images, 256 grey levels), same file layout as
+    :class:`MNIST`."""
+
+    name = "fashion_mnist"
+    title = "Fashion-MNIST"
+    torchvision_name = "FashionMNIST"
+    default_subdir = "fashion_mnist"
+    MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+
+
+def _fetch(url: str, target: Path, timeout: float = 60.0) -> None:
+    """Download ``url`` to ``target`` atomically (temporary file, then rename)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        data = response.read()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _as_nchw(images: np.ndarray) -> np.ndarray:
+    """``(N, H, W)`` → ``(N, 1, H, W)``; ``(N, C, H, W)`` unchanged."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    return images[:, None] if images.ndim == 3 else images
+
+
+def _limit(images: np.ndarray, n: int | None, key: str, what: str) -> np.ndarray:
+    """The first ``n`` images, or all of them for ``None``."""
+    if n is None:
+        return images
+    positive(f"dataset.{key}", n)
+    check(n <= len(images), f"dataset.{key}={n} exceeds the {len(images)} {what} images")
+    return images[:n]
+
+
+__all__ = ["ImageDataset", "Digits", "MNIST", "FashionMNIST", "read_idx"]

@@ -1,0 +1,261 @@
+"""Annealed importance sampling (AIS, Neal 2001) of ``log Z`` of an energy model, and the test
+log-likelihood in nats and bits/dim built on it (evaluation.md, "Images").
+
+Path: from the model's own normalised Gaussian base ``p₀ = N(μ, diag σ²)`` to the model,
+``p_β ∝ N_base(x)^(1−β)·exp(−E(x))^β``, i.e. intermediate energies
+``E_β(x) = −(1−β)·log N_base(x) + β·E(x) = β·f(x) − log N_base(x)`` with
+``f(x) = E(x) + log N_base(x)`` (the network). ``Z₀ = 1``, so ``log Z = log E[w]``.
+
+One chain: ``x₀ ~ p₀``; for ``β₁ < … < β_T = 1``: ``log w += −(β_t − β_{t−1})·f(x)``, then
+``n_steps`` Langevin steps of the shared kernel (:func:`pdebm.samplers.langevin.langevin`)
+targeting ``p_{β_t}``. With MALA every transition leaves its ``p_β`` invariant and the weights are
+the classic AIS weights; with ULA the kernel's weight correction ``−E_β(x') + E_β(x) +
+log q(x|x') − log q(x'|x)`` is added to ``log w`` (the reversed proposal as backward kernel), so
+the estimator stays unbiased in ``Z`` either way — it only gets noisier when the step is large.
+
+Preconditioning (default on): the chains run in whitened coordinates ``z = (x − μ)/σ`` of the
+base. This is exact (the same path, pushed forward; the weights are unchanged), and it makes
+the step size scale-free: the base is ``N(0, I)`` in ``z``, whatever the pixel scale, so one
+step size works for ``[0, 1]`` pixels, logits and 2D data alike.
+
+Randomness: the kernel draws from PyTorch's global generator. Pass ``seed`` to make a run
+reproducible: the global state is forked, seeded, and restored afterwards (the caller's random
+stream, e.g. training's, is left exactly as it was). ``seed=None`` draws from the global stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from pdebm.energy.base import EnergyModel
+from pdebm.errors import check, positive
+from pdebm.samplers.langevin import LangevinConfig, langevin
+
+SCHEDULES = ("geometric", "linear")
+
+
+@dataclass
+class AISResult:
+    """Outcome of :func:`ais_log_z`."""
+
+    log_z: float              # log-mean-exp of the chains' log-weights (Z₀ = 1)
+    log_z_se: float           # its standard error by the delta method: sd(w)/(√n·mean(w))
+    log_weights: Tensor       # (n_chains,) float64, final AIS log-weights
+    samples: Tensor           # (n_chains, *shape) final states (weighted samples of the model)
+    ess: float                # effective sample size (Σw)²/Σw² of the final weights
+    accept_rate: float | None  # mean MALA acceptance over all temperatures (None for ULA)
+    step_size: float          # the final (possibly adapted) step size, in kernel coordinates
+    grad_evals: int           # total per-chain energy-gradient evaluations
+    betas: Tensor             # (n_temps,) the schedule, ending at 1
+
+
+@dataclass
+class AISLikelihood:
+    """Outcome of :func:`ais_log_likelihood`; per-example means over the test points."""
+
+    log_likelihood: float     # nats per example, density of the pixels u ∈ [0, 1]^D
+    log_likelihood_se: float  # standard error (test-set sampling and log Z combined)
+    log_likelihood_model: float  # nats per example in model space (before the Jacobian)
+    bits_per_dim: float       # −(log p(u) − D·log L)/(D·ln 2): discrete L-level images' code length
+    bits_per_dim_se: float
+    n_dims: int               # D
+    ais: AISResult            # log Z, its SE, weights and the final samples
+
+    @property
+    def samples(self) -> Tensor:
+        return self.ais.samples
+
+    def scalars(self) -> dict[str, float]:
+        """Flat numbers to log (e.g. as ``ais/<key>``)."""
+        s = {"log_likelihood": self.log_likelihood, "log_likelihood_se": self.log_likelihood_se,
+             "log_likelihood_model": self.log_likelihood_model,
+             "bits_per_dim": self.bits_per_dim, "bits_per_dim_se": self.bits_per_dim_se,
+             "log_z": self.ais.log_z, "log_z_se": self.ais.log_z_se,
+             "ess_fraction": self.ais.ess / len(self.ais.log_weights),
+             "grad_evals": float(self.ais.grad_evals)}
+        if self.ais.accept_rate is not None:
+            s["accept_rate"] = self.ais.accept_rate
+        return s
+
+
+def beta_schedule(n_temps: int, schedule: str = "geometric", beta_min: float = 1e-4,
+                  prefix: str = "ais") -> Tensor:
+    """``n_temps`` increasing inverse temperatures ending at 1 (float64).
+
+    ``linear``: ``t/T``; ``geometric``: ``beta_min … 1`` evenly spaced in log (small steps near
+    the base, where the distributions change fastest per unit of β for a sharp model).
+    """
+    positive(f"{prefix}.n_temps", n_temps)
+    check(schedule in SCHEDULES, f"{prefix}.schedule={schedule!r} is not one of {list(SCHEDULES)}")
+    if schedule == "linear":
+        return torch.arange(1, n_temps + 1, dtype=torch.float64) / n_temps
+    check(0.0 < beta_min < 1.0, f"{prefix}.beta_min must be in (0, 1), got {beta_min}")
+    if n_temps == 1:
+        return torch.ones(1, dtype=torch.float64)
+    return torch.logspace(math.log10(beta_min), 0.0, n_temps, dtype=torch.float64)
+
+
+@torch.no_grad()
+def ais_log_z(energy: EnergyModel, n_chains: int = 100, n_temps: int = 1000,
+              schedule: str = "geometric", beta_min: float = 1e-4,
+              kernel: LangevinConfig | None = None, adapt_step_size: bool = True,
+              target_accept: float = 0.574, precondition: bool = True, seed: int | None = None,
+              progress: bool = False, prefix: str = "ais") -> AISResult:
+    """Estimate ``log Z = log ∫ exp(−E(x)) dx`` of ``energy`` by AIS from its Gaussian base.
+
+    Args:
+        energy: the model (its ``base`` is the annealing start); evaluated in ``eval()`` mode.
+        n_chains: independent AIS chains (one batch).
+        n_temps: number of inverse temperatures ``β₁ … β_T = 1`` (annealing steps).
+        schedule, beta_min: see :func:`beta_schedule`.
+        kernel: the Langevin transition at each temperature (``n_steps``, ``step_size``, ``mala``;
+            ``noise_scale`` must be ``None`` and ``grad_clip`` is not allowed: both break the
+            weights). Default: one MALA step of size 0.1 (in whitened units when preconditioned).
+        adapt_step_size: MALA only: after each temperature multiply the step size by
+            ``exp(acceptance − target_accept)`` (uses past temperatures only, so every
+            transition is still an exact MALA kernel for its ``p_β``).
+        target_accept: the acceptance rate the adaptation aims for (0.574 is MALA's optimum).
+        precondition: run the chains in the base's whitened coordinates (module docstring).
+        seed: seed for a forked global RNG (module docstring); ``None``: the global stream.
+        progress: show a tqdm bar over temperatures.
+        prefix: config prefix used in error messages (e.g. ``eval.ais``).
+    """
+    positive(f"{prefix}.n_chains", n_chains)
+    kernel = kernel if kernel is not None else LangevinConfig(n_steps=1, step_size=0.1, mala=True)
+    kernel.validate(prefix, allow_zero_steps=True)
+    check(kernel.noise_scale is None, f"{prefix}.noise_scale must be null for AIS (σ = √ε)")
+    check(kernel.grad_clip is None, f"{prefix}.grad_clip must be null for AIS")
+    check(0.0 < target_accept < 1.0,
+          f"{prefix}.target_accept must be in (0, 1), got {target_accept}")
+    betas = beta_schedule(n_temps, schedule, beta_min, prefix)
+    device = energy.device
+    base = energy.base
+    mu = base.mu.detach()
+    scale = base.log_sigma.detach().exp() if precondition else torch.ones_like(mu)
+
+    def to_x(z: Tensor) -> Tensor:
+        return mu + scale * z
+
+    def network(z: Tensor) -> Tensor:
+        """``f(x) = E(x) + log N_base(x)`` at ``x = μ + s·z``, float64."""
+        x = to_x(z)
+        return energy(x).double() + base.log_prob(x).double()
+
+    def tempered(beta: float) -> Callable[[Tensor], Tensor]:
+        def e_beta(z: Tensor) -> Tensor:  # E_β(x(z)) up to the constant Σ log s
+            x = to_x(z)
+            return beta * energy(x) - (1.0 - beta) * base.log_prob(x)
+        return e_beta
+
+    was_training = energy.training
+    energy.eval()
+    try:
+        with _seeded(seed, device):
+            z = torch.randn((n_chains, *mu.shape), device=device)
+            log_w = torch.zeros(n_chains, dtype=torch.float64, device=device)
+            step, accepts, evals, beta_prev = kernel.step_size, [], 0, 0.0
+            for beta in tqdm(betas.tolist(), desc="AIS", disable=not progress, leave=False):
+                log_w += -(beta - beta_prev) * network(z)
+                cfg = dataclasses.replace(kernel, step_size=step)
+                res = langevin(tempered(beta), z, cfg, None if kernel.mala else log_w)
+                z, evals, beta_prev = res.x, evals + res.grad_evals, beta
+                if kernel.mala and res.accept_rate is not None:
+                    accepts.append(res.accept_rate)
+                    if adapt_step_size:
+                        step = min(max(step * math.exp(res.accept_rate - target_accept), 1e-8), 1e2)
+                else:
+                    log_w = res.log_weights if res.log_weights is not None else log_w
+    finally:
+        energy.train(was_training)
+    log_z, se, ess = _log_mean_exp_stats(log_w)
+    check(math.isfinite(log_z), "AIS log-weights are not finite: the energy is NaN/inf on some "
+          "chains (try a smaller step size or more temperatures)")
+    return AISResult(log_z=log_z, log_z_se=se, log_weights=log_w.cpu(),
+                     samples=to_x(z).detach(), ess=ess,
+                     accept_rate=sum(accepts) / len(accepts) if accepts else None,
+                     step_size=step, grad_evals=evals, betas=betas)
+
+
+@torch.no_grad()
+def ais_log_likelihood(energy: EnergyModel, x_test: Tensor, dataset: Any = None,
+                       batch_size: int = 1024, **ais_kwargs: Any) -> AISLikelihood:
+    """Mean test log-likelihood ``log p(x) = −E(x) − log Z`` with ``log Z`` from AIS.
+
+    With an image ``dataset`` (anything with ``log_det_jacobian(x)`` and ``levels``, e.g.
+    :class:`pdebm.data.images.ImageDataset`), the likelihood is converted from model space to
+    the pixel space ``[0, 1]^D`` and bits/dim counts the code length of the discrete ``L``-level
+    images, ``(−log p(u) + D·log L)/(D·ln 2)`` — the number flow and EBM papers report for
+    dequantised images (for MNIST, L = 256: ``8 − log p(u)/(D·ln 2)``). Without a dataset both
+    are in model space (no Jacobian, no discretisation term).
+
+    Args:
+        energy: the model.
+        x_test: model-space test points ``(N, *shape)``, e.g. ``dataset.test``.
+        dataset: supplies ``log_det_jacobian`` and ``levels`` (optional).
+        batch_size: test points per energy evaluation.
+        ais_kwargs: passed to :func:`ais_log_z` (``n_chains``, ``n_temps``, ``kernel``, ``seed``…).
+    """
+    positive("ais.batch_size", batch_size)
+    if dataset is not None and getattr(dataset, "dequantize", True) is False:
+        warnings.warn("AIS likelihood of non-dequantised images is not a meaningful density "
+                      "(set dataset.dequantize=true)", stacklevel=2)
+    result = ais_log_z(energy, **ais_kwargs)
+    device = energy.device
+    was_training = energy.training
+    energy.eval()
+    try:
+        e = torch.cat([energy(x_test[i:i + batch_size].to(device)).double().cpu()
+                       for i in range(0, len(x_test), batch_size)])
+    finally:
+        energy.train(was_training)
+    ll_model = -e - result.log_z
+    ll = ll_model.clone()
+    if dataset is not None and hasattr(dataset, "log_det_jacobian"):
+        ll = ll + dataset.log_det_jacobian(x_test.cpu()).double()
+    n_dims = math.prod(x_test.shape[1:])
+    levels = getattr(dataset, "levels", None) if dataset is not None else None
+    discrete = n_dims * math.log(levels) if levels else 0.0
+    n = len(ll)
+    ll_sd = float(ll.std()) if n > 1 else 0.0
+    se = math.sqrt(ll_sd**2 / n + result.log_z_se**2)
+    mean_ll = float(ll.mean())
+    return AISLikelihood(log_likelihood=mean_ll, log_likelihood_se=se,
+                         log_likelihood_model=float(ll_model.mean()),
+                         bits_per_dim=(-mean_ll + discrete) / (n_dims * math.log(2)),
+                         bits_per_dim_se=se / (n_dims * math.log(2)), n_dims=n_dims, ais=result)
+
+
+def _log_mean_exp_stats(log_w: Tensor) -> tuple[float, float, float]:
+    """``log mean exp(log w)``, its delta-method standard error and the ESS."""
+    n = len(log_w)
+    m = log_w.max()
+    w = torch.exp(log_w - m)
+    mean = w.mean()
+    log_z = float(m + mean.log())
+    se = float(w.std() / (mean * math.sqrt(n))) if n > 1 else float("inf")
+    ess = float(w.sum() ** 2 / w.pow(2).sum())
+    return log_z, se, ess
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed the global generators for the block and restore them afterwards (``None``: no-op)."""
+    if seed is None:
+        yield
+        return
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(int(seed))
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(int(seed))
+        yield
