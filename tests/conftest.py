@@ -22,8 +22,15 @@ TINY = ["steps=4", "batch_size=64", "eval_every=2", "log_every=1", "ckpt_every=2
         "eval.resolution=40", "eval.lag_bins=10", "eval.mmd_points=64", "eval.n_plot=64",
         "progress=false", "dataset.n_test=200", "dataset.n_stats=500"]
 TINY_2D = [*TINY, "energy.hidden=32"]  # TINY plus a small MLP (the conv energy has no `hidden`)
-FAST_SAMPLER = {"sgld": ["sampler.n_steps=3"], "pcd": ["sampler.n_steps=3", "sampler.buffer_size=128"],
-                "exact": [], "particle": ["sampler.n_steps=2"]}
+# Each sampler option with a small K, selected explicitly (the default sampler is `particle`).
+FAST_SAMPLER = {
+    "sgld": ["sampler=sgld", "sampler.n_steps=3"],
+    "pcd": ["sampler=pcd", "sampler.n_steps=3", "sampler.buffer_size=128"],
+    "exact": ["sampler=exact"],
+    "particle": ["sampler=particle", "sampler.n_steps=2"],                       # weighted (default)
+    "particle_unweighted": ["sampler=particle", "sampler.n_steps=2", "sampler.weights=false"],
+    "particle_paper": ["sampler=particle_paper", "sampler.n_steps=2"],
+}
 
 
 @pytest.fixture

@@ -1,0 +1,158 @@
+"""`pdebm eval`: AIS log-likelihood of a finished image run, and a grid of long-run samples.
+
+``main`` is the thin ``@hydra.main`` entry; ``evaluate(cfg)`` is a plain function that tests call
+in-process. The dataset and energy are rebuilt from the checkpoint's own stored config (so the
+evaluation never depends on today's defaults) and the trained weights are loaded into them.
+
+Everything is written into the evaluated run's directory, next to its training summaries:
+``ais.json`` (the numbers and the settings that produced them), ``samples_ais.png``, and a new
+TensorBoard event file with the scalars ``ais/<key>`` and the image ``samples/ais`` at the
+checkpoint's step. The grid shows the AIS chains' final states: each has gone through every
+temperature's transitions from the base, so they are long-run (annealed) samples of the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from pdebm import checkpoint
+from pdebm.config import CONFIG_DIR, instantiate, register_resolvers
+from pdebm.errors import ConfigError, check, positive
+from pdebm.figures import image_grid
+from pdebm.metrics.ais import ais_log_likelihood
+from pdebm.samplers.langevin import LangevinConfig
+from pdebm.train import resolve_device
+
+register_resolvers()
+
+TRANSITIONS = ("mala", "ula")
+RESULTS = "ais.json"
+GRID_PNG = "samples_ais.png"
+GRID_MIN_PIXELS = 256  # the PNG is upscaled (nearest neighbour) to at least this many pixels a side
+
+
+def run_directory(ckpt: Path) -> Path:
+    """The run a checkpoint belongs to: ``<run>/checkpoints/x.pt`` → ``<run>``; a checkpoint
+    file elsewhere → its own directory."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def rebuild(state: dict[str, Any], device: torch.device):
+    """The run's dataset and trained energy, from the checkpoint's stored job config."""
+    job = state.get("config")
+    check(isinstance(job, dict) and "dataset" in job and "energy" in job,
+          "checkpoint has no stored run config (written by an older pdebm?)")
+    job = OmegaConf.create(job)
+    dataset = instantiate(job.dataset, seed=job.seed)
+    check(dataset.is_image, f"pdebm eval estimates likelihoods of image runs by AIS; this run was "
+          f"trained on {tuple(dataset.shape)} data (dataset {job.dataset.get('name', '?')}), whose "
+          "exact test NLL by grid quadrature is eval/test_nll in its final_metrics.json")
+    energy = instantiate(job.energy, data_shape=dataset.shape, data_mean=dataset.mean,
+                         data_std=dataset.std)
+    try:
+        energy.load_state_dict(state["energy"])
+    except (RuntimeError, KeyError) as e:
+        raise ConfigError(f"checkpoint's energy does not match its stored config: "
+                          f"{str(e).splitlines()[0]}") from None
+    return dataset, energy.to(device)
+
+
+def validate(cfg: DictConfig) -> None:
+    """The evaluation's own settings (the AIS routine checks the rest with ``eval.`` names)."""
+    check(not OmegaConf.is_missing(cfg, "run"),
+          "run=<run directory or checkpoint> is required (e.g. pdebm eval run=outputs/train/...)")
+    check(cfg.transition in TRANSITIONS,
+          f"transition={cfg.transition!r} is not one of {list(TRANSITIONS)}")
+    if cfg.n_test is not None:
+        positive("n_test", cfg.n_test)
+    check(cfg.n_chains is not None and cfg.n_chains >= 2,
+          f"n_chains must be >= 2 (the standard error of log Z needs two chains), got {cfg.n_chains}")
+    positive("n_samples_grid", cfg.n_samples_grid, allow_zero=True)
+    if cfg.num_threads is not None:
+        positive("num_threads", cfg.num_threads)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run AIS on the test split of ``cfg.run`` and write the results into its directory;
+    returns what ``ais.json`` holds."""
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    if cfg.num_threads is not None:
+        torch.set_num_threads(int(cfg.num_threads))
+    ckpt = checkpoint.resolve(cfg.run)
+    state = checkpoint.load(ckpt)
+    out = run_directory(ckpt)
+    torch.manual_seed(int(cfg.seed))  # construction draws (spectral-norm buffers), then overwritten
+    dataset, energy = rebuild(state, device)
+    x_test = dataset.test
+    if cfg.n_test is not None:
+        check(cfg.n_test <= len(x_test),
+              f"n_test={cfg.n_test} exceeds the run's {len(x_test)} test images")
+        x_test = x_test[: cfg.n_test]
+    kernel = LangevinConfig(n_steps=int(cfg.n_steps), step_size=float(cfg.step_size),
+                            mala=cfg.transition == "mala")
+    t0 = time.perf_counter()
+    result = ais_log_likelihood(
+        energy, x_test, dataset=dataset, batch_size=int(cfg.batch_size),
+        n_chains=int(cfg.n_chains), n_temps=int(cfg.n_temps), schedule=cfg.schedule,
+        beta_min=float(cfg.beta_min), kernel=kernel, adapt_step_size=bool(cfg.adapt_step_size),
+        seed=int(cfg.seed), progress=bool(cfg.progress), prefix="eval")
+    scalars = {**result.scalars(), "wall_clock_s": time.perf_counter() - t0}
+    step = int(state["step"])
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    settings = {k: plain[k] for k in ("n_chains", "n_temps", "schedule", "beta_min", "transition",
+                                      "step_size", "n_steps", "adapt_step_size", "seed")}
+    report = {"checkpoint": str(ckpt.resolve()), "step": step, "n_test": len(x_test),
+              "n_dims": result.n_dims, "final_step_size": result.ais.step_size,
+              "settings": settings, **scalars}
+    check(all(math.isfinite(v) for v in scalars.values()),
+          f"AIS gave non-finite numbers ({scalars}); try a smaller step_size or more n_temps")
+
+    k = min(int(cfg.n_samples_grid), int(cfg.n_chains))
+    writer = SummaryWriter(log_dir=str(out))
+    for key, value in scalars.items():
+        writer.add_scalar(f"ais/{key}", value, step)
+    if k > 0:
+        grid = image_grid(dataset.to_images(result.samples[:k].cpu()))
+        writer.add_image("samples/ais", grid, step)
+        save_png(grid, out / GRID_PNG)
+    writer.close()
+    (out / RESULTS).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def save_png(grid: torch.Tensor, path: Path) -> None:
+    """A ``(C, H, W)`` grid in [0, 1] as a PNG, upscaled so that small images stay visible."""
+    import matplotlib.pyplot as plt
+
+    scale = max(1, math.ceil(GRID_MIN_PIXELS / max(grid.shape[1:])))
+    img = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    if img.shape[0] == 1:
+        plt.imsave(path, img[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        plt.imsave(path, img.permute(1, 2, 0).numpy())
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point of ``pdebm eval``; a ConfigError becomes one line on stderr."""
+    try:
+        report = evaluate(cfg)
+    except ConfigError as e:
+        print(f"pdebm: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    out = run_directory(Path(report["checkpoint"]))
+    print(f"pdebm: AIS of {out} at step {report['step']}: log-likelihood "
+          f"{report['log_likelihood']:.2f} ± {report['log_likelihood_se']:.2f} nats, "
+          f"{report['bits_per_dim']:.4f} bits/dim (log Z {report['log_z']:.2f} ± "
+          f"{report['log_z_se']:.2f}); wrote {out / RESULTS}")

@@ -1,0 +1,94 @@
+"""Images end to end: `pdebm train` on digits with each sampler writes image summaries and a
+checkpoint, and `pdebm eval` turns that run into an AIS log-likelihood, in nats and bits/dim."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from pdebm.config import compose_config
+from pdebm.errors import ConfigError
+from pdebm.evaluate import evaluate
+from pdebm.train import train
+from tests.conftest import FAST_SAMPLER, TINY, TINY_2D, run_cli
+
+TINY_AIS = ["n_chains=8", "n_temps=5", "n_samples_grid=8", "progress=false"]
+
+
+def event_tags(run_dir: Path) -> dict[str, set[str]]:
+    tags: dict[str, set[str]] = {"scalars": set(), "images": set()}
+    for ev in run_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(ev))
+        acc.Reload()
+        for kind in tags:
+            tags[kind] |= set(acc.Tags()[kind])
+    return tags
+
+
+def eval_cfg(*overrides: str):
+    return compose_config(list(overrides), config_name="eval")
+
+
+@pytest.fixture(scope="module")
+def digit_runs(tmp_path_factory) -> dict[str, Path]:
+    """One tiny digits + conv run per sampler, trained by the real command line."""
+    root = tmp_path_factory.mktemp("digits")
+    runs = {}
+    for sampler in ("particle", "pcd", "sgld"):
+        r = run_cli(["train", "dataset=digits", "energy=conv", f"sampler={sampler}", *TINY,
+                     "batch_size=32", "energy.channels=[8,16]", *FAST_SAMPLER[sampler],
+                     f"hydra.run.dir={sampler}"], root)
+        assert r.returncode == 0, r.stderr
+        runs[sampler] = root / sampler
+    return runs
+
+
+@pytest.mark.parametrize("sampler", ["particle", "pcd", "sgld"])
+def test_digits_run_then_ais(digit_runs, sampler):
+    run = digit_runs[sampler]
+    assert {"samples/negatives", "samples/data"} <= event_tags(run)["images"]
+    assert (run / "checkpoints" / "last.pt").is_file()
+    report = evaluate(eval_cfg(f"run={run}", *TINY_AIS))
+    saved = json.loads((run / "ais.json").read_text())
+    assert saved["step"] == 4 and saved["n_test"] == 200 and saved["n_dims"] == 64
+    for key in ("log_likelihood", "bits_per_dim", "log_z", "log_likelihood_se"):
+        assert math.isfinite(saved[key]) and saved[key] == pytest.approx(report[key])
+    assert saved["settings"]["n_temps"] == 5 and saved["settings"]["transition"] == "mala"
+    tags = event_tags(run)
+    assert {"ais/log_likelihood", "ais/bits_per_dim"} <= tags["scalars"]
+    assert "samples/ais" in tags["images"] and (run / "samples_ais.png").is_file()
+
+
+def test_eval_command_leaves_the_cwd_alone(digit_runs, tmp_path):
+    run = digit_runs["particle"]
+    r = run_cli(["eval", f"run={run / 'checkpoints' / 'last.pt'}", *TINY_AIS, "transition=ula",
+                 "step_size=0.01"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "bits/dim" in r.stdout and str(run / "ais.json") in r.stdout
+    assert json.loads((run / "ais.json").read_text())["settings"]["transition"] == "ula"
+    assert not list(tmp_path.iterdir())  # no .hydra/, log file or outputs/ in the cwd
+    assert not (run / ".hydra" / "overrides.yaml").read_text().count("n_chains")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run=missing_run"], "checkpoint not found: missing_run"),
+    ([], "run=<run directory or checkpoint> is required"),
+    (["run=.", "transition=hmc"], "transition='hmc' is not one of"),
+])
+def test_eval_bad_input_is_one_line(tmp_path, args, message):
+    r = run_cli(["eval", *args], tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("pdebm: error: ") and message in lines[0], r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_eval_of_a_2d_run_is_one_line(make_cfg, tmp_path):
+    train(make_cfg(*TINY_2D, "steps=1", *FAST_SAMPLER["sgld"], run_dir=tmp_path / "toy"))
+    with pytest.raises(ConfigError, match="image runs by AIS.*grid quadrature") as err:
+        evaluate(eval_cfg(f"run={tmp_path / 'toy'}", *TINY_AIS))
+    assert "\n" not in str(err.value)
