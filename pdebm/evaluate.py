@@ -109,9 +109,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         seed=int(cfg.seed), progress=bool(cfg.progress), prefix="eval")
     scalars = {**result.scalars(), "wall_clock_s": time.perf_counter() - t0}
     step = int(state["step"])
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    settings = {k: plain[k] for k in ("n_chains", "n_temps", "schedule", "beta_min", "transition",
-                                      "step_size", "n_steps", "adapt_step_size", "seed")}
+    settings = {k: cfg[k] for k in ("n_chains", "n_temps", "schedule", "beta_min", "transition",
+                                    "step_size", "n_steps", "adapt_step_size", "seed")}
     report = {"checkpoint": str(ckpt.resolve()), "step": step, "n_test": len(x_test),
               "n_dims": result.n_dims, "final_step_size": result.ais.step_size,
               "settings": settings, **scalars}

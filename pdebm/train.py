@@ -250,7 +250,15 @@ def over_budget(run: Run) -> bool:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train one EBM as configured; returns the final evaluation metrics."""
+    """Train one EBM as configured; returns the final evaluation metrics.
+
+    SIGINT/SIGTERM are caught from the very start (so a signal during start-up still ends in a
+    clean checkpoint at the first step boundary)."""
+    with StopRequest() as stop:
+        return _train(cfg, stop)
+
+
+def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
     run = build(cfg)
     out = run_dir(cfg)
     ckpt_dir = out / "checkpoints"
@@ -286,53 +294,52 @@ def train(cfg: DictConfig) -> dict[str, float]:
                disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
     alpha = float(cfg.energy_reg)
     latest: dict[str, float] = {}
-    with StopRequest() as stop:
-        while run.step < cfg.steps and not over_budget(run):
-            t0 = time.perf_counter()
-            x_data = run.dataset.train_batch(cfg.batch_size).to(run.device)
-            x_neg, log_w = run.sampler.negatives(run.energy)
-            t_sample = time.perf_counter() - t0
-            if run.step % cfg.eval_every == 0:
-                latest = evaluate(x_neg, log_w)
-            t0 = time.perf_counter()
-            loss, parts = loss_fn(run.energy, x_data, x_neg, log_w, alpha)
-            if not math.isfinite(parts["loss"]):
-                raise TrainingDiverged(f"loss is {parts['loss']} at step {run.step}: training "
-                                       "diverged (try a smaller lr or step size, or energy_reg > 0)")
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = (torch.nn.utils.clip_grad_norm_(run.energy.parameters(), cfg.grad_clip)
-                         if cfg.grad_clip else None)
-            before = run.energy.frozen()
-            run.optimizer.step()
-            run.scheduler.step()
-            run.sampler.update(before, run.energy)
-            run.step += 1
-            run.wall_clock += t_sample + time.perf_counter() - t0
-            if run.step % cfg.log_every == 0 or run.step == cfg.steps:
-                for k, v in parts.items():
-                    writer.add_scalar(f"train/{k}", v, run.step)
-                writer.add_scalar("train/lr", run.scheduler.get_last_lr()[0], run.step)
-                if grad_norm is not None:
-                    writer.add_scalar("train/grad_norm", float(grad_norm), run.step)
-                for k, v in run.sampler.stats().items():
-                    writer.add_scalar(f"sampler/{k}", v, run.step)
-                writer.add_scalar("cost/sampler_grad_evals", run.sampler.grad_evals, run.step)
-                writer.add_scalar("cost/wall_clock_s", run.wall_clock, run.step)
-            if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.steps:
-                save(checkpoint.LAST)
-            bar.update(1)
-            bar.set_postfix(loss=f"{parts['loss']:.3f}",
-                            **({"nll": f"{latest['test_nll']:.3f}"} if "test_nll" in latest else {}))
-            if stop.signal is not None:
-                save(checkpoint.LAST)
-                bar.close()
-                writer.close()
-                name = signal.Signals(stop.signal).name
-                print(f"pdebm: stopped by {name} at step {run.step}; checkpoint written to "
-                      f"{ckpt_dir / checkpoint.LAST} (continue with resume={ckpt_dir / checkpoint.LAST})",
-                      file=sys.stderr)
-                raise SystemExit(128 + stop.signal)
+    while run.step < cfg.steps and not over_budget(run):
+        t0 = time.perf_counter()
+        x_data = run.dataset.train_batch(cfg.batch_size).to(run.device)
+        x_neg, log_w = run.sampler.negatives(run.energy)
+        t_sample = time.perf_counter() - t0
+        if run.step % cfg.eval_every == 0:
+            latest = evaluate(x_neg, log_w)
+        t0 = time.perf_counter()
+        loss, parts = loss_fn(run.energy, x_data, x_neg, log_w, alpha)
+        if not math.isfinite(parts["loss"]):
+            raise TrainingDiverged(f"loss is {parts['loss']} at step {run.step}: training "
+                                   "diverged (try a smaller lr or step size, or energy_reg > 0)")
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = (torch.nn.utils.clip_grad_norm_(run.energy.parameters(), cfg.grad_clip)
+                     if cfg.grad_clip else None)
+        before = run.energy.frozen()
+        run.optimizer.step()
+        run.scheduler.step()
+        run.sampler.update(before, run.energy)
+        run.step += 1
+        run.wall_clock += t_sample + time.perf_counter() - t0
+        if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+            for k, v in parts.items():
+                writer.add_scalar(f"train/{k}", v, run.step)
+            writer.add_scalar("train/lr", run.scheduler.get_last_lr()[0], run.step)
+            if grad_norm is not None:
+                writer.add_scalar("train/grad_norm", float(grad_norm), run.step)
+            for k, v in run.sampler.stats().items():
+                writer.add_scalar(f"sampler/{k}", v, run.step)
+            writer.add_scalar("cost/sampler_grad_evals", run.sampler.grad_evals, run.step)
+            writer.add_scalar("cost/wall_clock_s", run.wall_clock, run.step)
+        if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.steps:
+            save(checkpoint.LAST)
+        bar.update(1)
+        bar.set_postfix(loss=f"{parts['loss']:.3f}",
+                        **({"nll": f"{latest['test_nll']:.3f}"} if "test_nll" in latest else {}))
+        if stop.signal is not None:
+            save(checkpoint.LAST)
+            bar.close()
+            writer.close()
+            name = signal.Signals(stop.signal).name
+            print(f"pdebm: stopped by {name} at step {run.step}; checkpoint written to "
+                  f"{ckpt_dir / checkpoint.LAST} (continue with resume={ckpt_dir / checkpoint.LAST})",
+                  file=sys.stderr)
+            raise SystemExit(128 + stop.signal)
     bar.close()
     # The last checkpoint first (so that continuing it equals never having stopped), then the
     # final evaluation on fresh negatives of the final model, then the HParams entry.

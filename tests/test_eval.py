@@ -39,8 +39,8 @@ def digit_runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("digits")
     runs = {}
     for sampler in ("particle", "pcd", "sgld"):
-        r = run_cli(["train", "dataset=digits", "energy=conv", f"sampler={sampler}", *TINY,
-                     "batch_size=32", "energy.channels=[8,16]", *FAST_SAMPLER[sampler],
+        r = run_cli(["train", "dataset=digits", "energy=conv", *FAST_SAMPLER[sampler], *TINY,
+                     "batch_size=32", "energy.channels=[8,16]",
                      f"hydra.run.dir={sampler}"], root)
         assert r.returncode == 0, r.stderr
         runs[sampler] = root / sampler
