@@ -26,12 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from pdebm import checkpoint
-from pdebm.config import CONFIG_DIR, instantiate, register_resolvers
+from pdebm.config import CONFIG_DIR, register_resolvers
 from pdebm.errors import ConfigError, check, positive
 from pdebm.figures import image_grid
 from pdebm.metrics.ais import ais_log_likelihood
 from pdebm.samplers.langevin import LangevinConfig
-from pdebm.train import resolve_device
+from pdebm.train import build_data_and_energy, resolve_device
 
 register_resolvers()
 
@@ -53,12 +53,10 @@ def rebuild(state: dict[str, Any], device: torch.device):
     check(isinstance(job, dict) and "dataset" in job and "energy" in job,
           "checkpoint has no stored run config (written by an older pdebm?)")
     job = OmegaConf.create(job)
-    dataset = instantiate(job.dataset, seed=job.seed)
+    dataset, energy = build_data_and_energy(job)
     check(dataset.is_image, f"pdebm eval estimates likelihoods of image runs by AIS; this run was "
           f"trained on {tuple(dataset.shape)} data (dataset {job.dataset.get('name', '?')}), whose "
           "exact test NLL by grid quadrature is eval/test_nll in its final_metrics.json")
-    energy = instantiate(job.energy, data_shape=dataset.shape, data_mean=dataset.mean,
-                         data_std=dataset.std)
     try:
         energy.load_state_dict(state["energy"])
     except (RuntimeError, KeyError) as e:

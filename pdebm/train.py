@@ -90,6 +90,15 @@ def validate(cfg: DictConfig) -> None:
           f"betas must be two numbers in [0, 1), got {list(cfg.betas)}")
 
 
+def build_data_and_energy(cfg: DictConfig) -> tuple[Dataset, EnergyModel]:
+    """The dataset (seeded by the run) and the energy, with the values known only at run time
+    (data shape and statistics) filled in; shared by training and ``pdebm eval``."""
+    dataset: Dataset = instantiate(cfg.dataset, seed=cfg.seed)
+    energy: EnergyModel = instantiate(cfg.energy, data_shape=dataset.shape,
+                                      data_mean=dataset.mean, data_std=dataset.std)
+    return dataset, energy
+
+
 def build(cfg: DictConfig) -> Run:
     """Instantiate and validate everything; restore a checkpoint when ``resume`` is set."""
     validate(cfg)
@@ -99,9 +108,8 @@ def build(cfg: DictConfig) -> Run:
         positive("num_threads", cfg.num_threads)
         torch.set_num_threads(int(cfg.num_threads))
     seed_everything(cfg.seed)
-    dataset: Dataset = instantiate(cfg.dataset, seed=cfg.seed)
-    energy: EnergyModel = instantiate(cfg.energy, data_shape=dataset.shape,
-                                      data_mean=dataset.mean, data_std=dataset.std).to(device)
+    dataset, energy = build_data_and_energy(cfg)
+    energy = energy.to(device)
     sampler: Sampler = instantiate(cfg.sampler)
     check(not sampler.requires_2d or dataset.is_2d,
           f"sampler={_choice(cfg, 'sampler')} needs 2D data, but dataset="
