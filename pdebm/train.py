@@ -269,6 +269,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
     run = build(cfg)
     out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml")  # the composed config, also for runs made outside Hydra
     ckpt_dir = out / "checkpoints"
     writer = SummaryWriter(log_dir=str(out))
     metrics_path = out / "metrics.jsonl"

@@ -3,7 +3,9 @@
 
 Every job is a normal ``train(cfg)`` run (the same trainer as ``pdebm train``) with its own run
 directory under ``--out``; this script only composes configs, runs them (``--jobs`` at a time,
-one torch thread each) and summarises their ``metrics.jsonl``.
+one torch thread each) and summarises their ``metrics.jsonl``. Runs land in
+``<out>/<preset>-<mode>-<steps>/<dataset>/<sampler>/seed=<seed>``; a finished run is reused only
+if its ``overrides.json`` equals this job's overrides, otherwise it is retrained from scratch.
 
 Two modes:
   steps   every sampler trains for the same number of optimizer steps;
@@ -14,7 +16,8 @@ Two modes:
 Examples:
   python scripts/compare_samplers.py --preset fast_2d --datasets 8gaussians --seeds 0 1 2
   python scripts/compare_samplers.py --preset paper_2d --datasets 8gaussians checkerboard \\
-      --samplers particle pcd sgld exact --seeds 0 1 2 --mode steps
+      --samplers particle_paper particle pcd sgld exact --seeds 0 1 2 --mode steps
+  python scripts/compare_samplers.py --preset fast_2d --datasets all --seeds 0   # all eight
   python scripts/compare_samplers.py --preset paper_2d --mode budget --steps 2000
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -46,11 +50,15 @@ def run_job(job: dict) -> dict:
     torch.set_num_threads(1)
     run_dir = Path(job["run_dir"])
     done = run_dir / "final_metrics.json"
-    if done.is_file() and not job["force"]:  # reuse finished runs (resumable benchmarks)
+    recorded = run_dir / "overrides.json"  # the overrides a finished run was trained with
+    same = recorded.is_file() and json.loads(recorded.read_text()) == job["overrides"]
+    if done.is_file() and same and not job["force"]:  # reuse finished runs (resumable benchmarks)
         final = json.loads(done.read_text())
     else:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a stale or different run: start clean
         cfg = compose_config(job["overrides"], run_dir)
         final = train(cfg)
+        recorded.write_text(json.dumps(job["overrides"]))
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {**job, "final": final, "history": history}
 
@@ -90,18 +98,18 @@ def table(dataset: str, results: list[dict], samplers: list[str]) -> str:
                     f"{statistics.median([x['sampler_grad_evals'] for x in f]):.3g} | "
                     f"{statistics.median([x['wall_clock_s'] for x in f]):.1f} | "
                     f"{'/'.join(str(s_) for s_ in steps)} |")
-    # cost to reach PCD's final NLL
-    if by.get("particle") and by.get("pcd"):
+    # cost for each particle variant to reach PCD's final NLL
+    for s in [s for s in samplers if s.startswith("particle") and by.get(s) and by.get("pcd")]:
         target = statistics.mean(r["final"]["test_nll"] for r in by["pcd"])
         pcd_cost = statistics.median(r["final"]["sampler_grad_evals"] for r in by["pcd"])
-        reach = [evals_to_reach(r["history"], target) for r in by["particle"]]
+        reach = [evals_to_reach(r["history"], target) for r in by[s]]
         got = [x for x in reach if x is not None]
         if got:
-            rows.append(f"\nparticle reaches PCD's final NLL ({target:.3f}) after {statistics.median(got):.3g} "
+            rows.append(f"\n{s} reaches PCD's final NLL ({target:.3f}) after {statistics.median(got):.3g} "
                         f"sampler ∇E evals (median of {len(got)}/{len(reach)} seeds that reach it) = "
                         f"{statistics.median(got) / pcd_cost:.2f} × PCD's {pcd_cost:.3g}")
         else:
-            rows.append(f"\nparticle does not reach PCD's final NLL ({target:.3f}) in any seed")
+            rows.append(f"\n{s} does not reach PCD's final NLL ({target:.3f}) in any seed")
     return "\n".join(rows)
 
 
@@ -156,7 +164,7 @@ def main() -> None:
     if args.mode == "budget" and budget is None:
         pcd = compose_config([f"experiment={args.preset}", "sampler=pcd", *args.overrides])
         budget = steps * pcd.sampler.n_steps * pcd.sampler.n_samples
-    out = Path(args.out) / f"{args.preset}-{args.mode}"
+    out = Path(args.out) / f"{args.preset}-{args.mode}-{steps}"  # runs of other lengths never mix
     jobs = []
     for d in datasets:
         for s in args.samplers:

@@ -62,6 +62,7 @@ def test_train_writes_events_figure_hparams_checkpoint(tmp_path, sampler):
     assert list((run / "figures").glob("*.png"))
     assert (run / "checkpoints" / "last.pt").is_file()
     assert (run / "train.log").is_file() and (run / ".hydra" / "config.yaml").is_file()
+    assert (run / "config.yaml").is_file()  # the composed config, written by train() itself
     final = json.loads((run / "final_metrics.json").read_text())
     assert final["test_nll"] > 0 and final["lag_kl_floor"] > 0
     if sampler == "particle":  # weighted: ESS and resampling events are logged
