@@ -102,9 +102,14 @@ def table(dataset: str, results: list[dict], samplers: list[str]) -> str:
     for s in [s for s in samplers if s.startswith("particle") and by.get(s) and by.get("pcd")]:
         target = statistics.mean(r["final"]["test_nll"] for r in by["pcd"])
         pcd_cost = statistics.median(r["final"]["sampler_grad_evals"] for r in by["pcd"])
+        first = [r["history"][0]["test_nll"] for r in by["pcd"] if "test_nll" in r["history"][0]]
+        start = statistics.mean(first) if first else math.inf  # the model before any training
         reach = [evals_to_reach(r["history"], target) for r in by[s]]
         got = [x for x in reach if x is not None]
-        if got:
+        if target >= start:  # PCD ended worse than the initial model: reaching it costs nothing
+            rows.append(f"\n{s}: no cost comparison, PCD's final NLL ({target:.3f}) is no better than "
+                        f"the initial model's ({start:.3f})")
+        elif got:
             rows.append(f"\n{s} reaches PCD's final NLL ({target:.3f}) after {statistics.median(got):.3g} "
                         f"sampler ∇E evals (median of {len(got)}/{len(reach)} seeds that reach it) = "
                         f"{statistics.median(got) / pcd_cost:.2f} × PCD's {pcd_cost:.3g}")
@@ -119,8 +124,12 @@ def plot(results: list[dict], datasets: list[str], samplers: list[str], path: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
-    for ax, d in zip(axes[0], datasets):
+    ncols = min(4, len(datasets))
+    nrows = -(-len(datasets) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 4 * nrows), squeeze=False)
+    for ax in axes.flat[len(datasets):]:
+        ax.set_visible(False)
+    for ax, d in zip(axes.flat, datasets):
         for s in samplers:
             for i, r in enumerate(r for r in results if r["dataset"] == d and r["sampler"] == s):
                 h = [row for row in r["history"] if "test_nll" in row]
