@@ -98,23 +98,34 @@ def table(dataset: str, results: list[dict], samplers: list[str]) -> str:
                     f"{statistics.median([x['sampler_grad_evals'] for x in f]):.3g} | "
                     f"{statistics.median([x['wall_clock_s'] for x in f]):.1f} | "
                     f"{'/'.join(str(s_) for s_ in steps)} |")
-    # cost for each particle variant to reach PCD's final NLL
-    for s in [s for s in samplers if s.startswith("particle") and by.get(s) and by.get("pcd")]:
-        target = statistics.mean(r["final"]["test_nll"] for r in by["pcd"])
-        pcd_cost = statistics.median(r["final"]["sampler_grad_evals"] for r in by["pcd"])
-        first = [r["history"][0]["test_nll"] for r in by["pcd"] if "test_nll" in r["history"][0]]
-        start = statistics.mean(first) if first else math.inf  # the model before any training
-        reach = [evals_to_reach(r["history"], target) for r in by[s]]
-        got = [x for x in reach if x is not None]
-        if target >= start:  # PCD ended worse than the initial model: reaching it costs nothing
-            rows.append(f"\n{s}: no cost comparison, PCD's final NLL ({target:.3f}) is no better than "
-                        f"the initial model's ({start:.3f})")
-        elif got:
-            rows.append(f"\n{s} reaches PCD's final NLL ({target:.3f}) after {statistics.median(got):.3g} "
-                        f"sampler ∇E evals (median of {len(got)}/{len(reach)} seeds that reach it) = "
-                        f"{statistics.median(got) / pcd_cost:.2f} × PCD's {pcd_cost:.3g}")
-        else:
-            rows.append(f"\n{s} does not reach PCD's final NLL ({target:.3f}) in any seed")
+    # cost for each particle variant to reach PCD's NLL: its final one (against PCD's whole cost) and
+    # its best one over the run (mean of each seed's minimum, against what PCD spent to get there)
+    pcd = by.get("pcd") or []
+    pcd_hist = [[row for row in r["history"] if "test_nll" in row] for r in pcd]
+    first = [h[0]["test_nll"] for h in pcd_hist if h and h[0]["step"] == 0]
+    start = statistics.mean(first) if first else math.inf  # the model before any training
+    targets = []
+    if pcd:
+        targets.append(("final", statistics.mean(r["final"]["test_nll"] for r in pcd),
+                        statistics.median(r["final"]["sampler_grad_evals"] for r in pcd)))
+        best = [min(h, key=lambda row: row["test_nll"]) for h in pcd_hist if h]
+        if best:
+            targets.append(("best", statistics.mean(b["test_nll"] for b in best),
+                            statistics.median(b["sampler_grad_evals"] for b in best)))
+    for s in [s for s in samplers if s.startswith("particle") and by.get(s)]:
+        for which, target, pcd_cost in targets:
+            reach = [evals_to_reach(r["history"], target) for r in by[s]]
+            got = [x for x in reach if x is not None]
+            if target >= start:  # PCD never beat the initial model: reaching it costs nothing
+                rows.append(f"\n{s}: no cost comparison with PCD's {which} NLL ({target:.3f}), no better "
+                            f"than the initial model's ({start:.3f})")
+            elif got:
+                rows.append(f"\n{s} reaches PCD's {which} NLL ({target:.3f}) after {statistics.median(got):.3g} "
+                            f"sampler ∇E evals (median of {len(got)}/{len(reach)} seeds that reach it) = "
+                            f"{statistics.median(got) / pcd_cost:.2f} × the {pcd_cost:.3g} PCD spent "
+                            f"{'in all' if which == 'final' else 'to reach it'}")
+            else:
+                rows.append(f"\n{s} does not reach PCD's {which} NLL ({target:.3f}) in any seed")
     return "\n".join(rows)
 
 
