@@ -45,3 +45,37 @@ def test_benchmark_table_curve_and_reuse(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "lr=3e-4" in json.loads((run / "overrides.json").read_text())
     assert len((run / "metrics.jsonl").read_text().splitlines()) == n_rows
+
+
+def _load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_samplers", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _result(sampler: str, nlls: list[float], evals_per_step: float) -> dict:
+    history = [{"step": 10 * i, "test_nll": v, "sampler_grad_evals": 10 * i * evals_per_step,
+                "lag_kl": 0.5, "lag_kl_floor": 0.4, "mmd2": 0.0, "wall_clock_s": 1.0}
+               for i, v in enumerate(nlls)]
+    return {"dataset": "d", "sampler": sampler, "final": history[-1], "history": history}
+
+
+def test_cost_lines_against_pcd_final_and_best():
+    t = _load_script().table
+    pcd = _result("pcd", [4.0, 3.5, 3.0, 3.2], 20)         # final 3.2 after 600 evals, best 3.0 after 400
+    particle = _result("particle", [4.0, 3.1, 2.9, 2.8], 10)  # ≤ 3.2 and ≤ 3.0 after 100 and 200 evals
+    out = t("d", [particle, pcd], ["particle", "pcd"])
+    assert "reaches PCD's final NLL (3.200) after 100 " in out and "= 0.17 × the 600 PCD spent in all" in out
+    assert "reaches PCD's best NLL (3.000) after 200 " in out and "= 0.50 × the 400 PCD spent to reach it" in out
+
+    # PCD ends above where every run started: no cost figure against its final NLL
+    pcd_bad = _result("pcd", [4.0, 3.5, 4.2, 4.1], 20)
+    out = t("d", [particle, pcd_bad], ["particle", "pcd"])
+    assert "no cost comparison with PCD's final NLL (4.100)" in out
+    assert "reaches PCD's best NLL (3.500) after 100 " in out
+
+    slow = _result("particle", [4.0, 3.9, 3.8, 3.7], 10)
+    assert "does not reach PCD's final NLL" in t("d", [slow, pcd], ["particle", "pcd"])
