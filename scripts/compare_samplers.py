@@ -71,6 +71,11 @@ def fmt(values: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def nll_history(result: dict) -> list[dict]:
+    """The evaluations of a run that carry a test NLL, in order."""
+    return [row for row in result["history"] if "test_nll" in row]
+
+
 def evals_to_reach(history: list[dict], target: float) -> float | None:
     """Sampler gradient evaluations at the first evaluation whose test NLL ≤ target."""
     for row in history:
@@ -101,29 +106,29 @@ def table(dataset: str, results: list[dict], samplers: list[str]) -> str:
     # cost for each particle variant to reach PCD's NLL: its final one (against PCD's whole cost) and
     # its best one over the run (mean of each seed's minimum, against what PCD spent to get there)
     pcd = by.get("pcd") or []
-    pcd_hist = [[row for row in r["history"] if "test_nll" in row] for r in pcd]
-    first = [h[0]["test_nll"] for h in pcd_hist if h and h[0]["step"] == 0]
+    pcd_hist = [h for h in map(nll_history, pcd) if h]
+    first = [h[0]["test_nll"] for h in pcd_hist if h[0]["step"] == 0]
     start = statistics.mean(first) if first else math.inf  # the model before any training
-    targets = []
+    targets = []  # (which, NLL to reach, PCD's evaluations for it, how PCD spent them)
     if pcd:
         targets.append(("final", statistics.mean(r["final"]["test_nll"] for r in pcd),
-                        statistics.median(r["final"]["sampler_grad_evals"] for r in pcd)))
-        best = [min(h, key=lambda row: row["test_nll"]) for h in pcd_hist if h]
-        if best:
-            targets.append(("best", statistics.mean(b["test_nll"] for b in best),
-                            statistics.median(b["sampler_grad_evals"] for b in best)))
+                        statistics.median(r["final"]["sampler_grad_evals"] for r in pcd), "in all"))
+    if pcd_hist:
+        best = [min(h, key=lambda row: row["test_nll"]) for h in pcd_hist]
+        targets.append(("best", statistics.mean(b["test_nll"] for b in best),
+                        statistics.median(b["sampler_grad_evals"] for b in best), "to reach it"))
     for s in [s for s in samplers if s.startswith("particle") and by.get(s)]:
-        for which, target, pcd_cost in targets:
-            reach = [evals_to_reach(r["history"], target) for r in by[s]]
-            got = [x for x in reach if x is not None]
+        for which, target, pcd_cost, spent in targets:
             if target >= start:  # PCD never beat the initial model: reaching it costs nothing
                 rows.append(f"\n{s}: no cost comparison with PCD's {which} NLL ({target:.3f}), no better "
                             f"than the initial model's ({start:.3f})")
-            elif got:
+                continue
+            reach = [evals_to_reach(r["history"], target) for r in by[s]]
+            got = [x for x in reach if x is not None]
+            if got:
                 rows.append(f"\n{s} reaches PCD's {which} NLL ({target:.3f}) after {statistics.median(got):.3g} "
                             f"sampler ∇E evals (median of {len(got)}/{len(reach)} seeds that reach it) = "
-                            f"{statistics.median(got) / pcd_cost:.2f} × the {pcd_cost:.3g} PCD spent "
-                            f"{'in all' if which == 'final' else 'to reach it'}")
+                            f"{statistics.median(got) / pcd_cost:.2f} × the {pcd_cost:.3g} PCD spent {spent}")
             else:
                 rows.append(f"\n{s} does not reach PCD's {which} NLL ({target:.3f}) in any seed")
     return "\n".join(rows)
@@ -143,7 +148,7 @@ def plot(results: list[dict], datasets: list[str], samplers: list[str], path: Pa
     for ax, d in zip(axes.flat, datasets):
         for s in samplers:
             for i, r in enumerate(r for r in results if r["dataset"] == d and r["sampler"] == s):
-                h = [row for row in r["history"] if "test_nll" in row]
+                h = nll_history(r)
                 x = [row["sampler_grad_evals"] for row in h] if s != "exact" else None
                 if x is None:  # the oracle has no gradient cost: draw its final NLL as a line
                     ax.axhline(h[-1]["test_nll"], color="k", ls="--", lw=1,
