@@ -87,6 +87,9 @@ def describe(e: Exception, overrides: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pdebm.stop import STOP
+
+    STOP.install()  # from here on a signal ends in one line, never a traceback (pdebm/stop.py)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

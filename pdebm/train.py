@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ from pdebm.energy.base import EnergyModel
 from pdebm.errors import ConfigError, TrainingDiverged, check, positive
 from pdebm.evaluation import Evaluator
 from pdebm.samplers.base import Sampler
+from pdebm.stop import STOP, StopRequest, signal_name
+from pdebm.io import atomic_write_text
 
 register_resolvers()
 
@@ -207,31 +208,6 @@ def loss_fn(energy: EnergyModel, x_data: torch.Tensor, x_neg: torch.Tensor,
     return loss, {"loss": float(loss.detach()), "energy_data": e_d, "energy_neg": e_n, "energy_gap": e_d - e_n}
 
 
-class StopRequest:
-    """Turns SIGINT / SIGTERM into a flag checked between steps, so the run can write a final
-    checkpoint at a clean step boundary before exiting."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopRequest":
-        import threading
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def hparams(cfg: DictConfig) -> dict[str, Any]:
     """The run's settings as a flat dict of scalars for TensorBoard's HParams view."""
     flat: dict[str, Any] = {g: _choice(cfg, g) for g in ("dataset", "energy", "sampler", "schedule")}
@@ -260,13 +236,19 @@ def over_budget(run: Run) -> bool:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one EBM as configured; returns the final evaluation metrics.
 
-    SIGINT/SIGTERM are caught from the very start (so a signal during start-up still ends in a
-    clean checkpoint at the first step boundary)."""
-    with StopRequest() as stop:
-        return _train(cfg, stop)
+    SIGINT/SIGTERM are deferred from the very start (:mod:`pdebm.stop`): a signal before or
+    during a step ends the run at the next step boundary with a checkpoint; one during the final
+    evaluation lets the run complete. Either way the process then exits with 128 + signal."""
+    with STOP.deferred() as stop:
+        final = _train(cfg, stop)
+        if stop.signal is not None:
+            stop.exit(f"pdebm: {signal_name(stop.signal)} arrived as the run finished; the run is "
+                      f"complete in {run_dir(cfg)}")
+        return final
 
 
 def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
+    stop.wait_at("start")
     run = build(cfg)
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -304,7 +286,7 @@ def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
                disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
     alpha = float(cfg.energy_reg)
     latest: dict[str, float] = {}
-    while run.step < cfg.steps and not over_budget(run):
+    while run.step < cfg.steps and not over_budget(run) and stop.signal is None:
         t0 = time.perf_counter()
         x_data = run.dataset.train_batch(cfg.batch_size).to(run.device)
         x_neg, log_w = run.sampler.negatives(run.energy)
@@ -341,31 +323,29 @@ def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
         bar.update(1)
         bar.set_postfix(loss=f"{parts['loss']:.3f}",
                         **({"nll": f"{latest['test_nll']:.3f}"} if "test_nll" in latest else {}))
-        if stop.signal is not None:
-            save(checkpoint.LAST)
-            bar.close()
-            writer.close()
-            name = signal.Signals(stop.signal).name
-            print(f"pdebm: stopped by {name} at step {run.step}; checkpoint written to "
-                  f"{ckpt_dir / checkpoint.LAST} (continue with resume={ckpt_dir / checkpoint.LAST})",
-                  file=sys.stderr)
-            raise SystemExit(128 + stop.signal)
+        stop.at_step(run.step)
     bar.close()
     # The last checkpoint first (so that continuing it equals never having stopped), then the
     # final evaluation on fresh negatives of the final model, then the HParams entry.
     save(checkpoint.LAST)
+    if stop.signal is not None:
+        writer.close()
+        stop.exit(f"pdebm: stopped by {signal_name(stop.signal)} at step {run.step}; checkpoint "
+                  f"written to {ckpt_dir / checkpoint.LAST} (continue with "
+                  f"resume={ckpt_dir / checkpoint.LAST})")
+    stop.wait_at("final")
     x_neg, log_w = run.sampler.negatives(run.energy)
     final = evaluate(x_neg, log_w)
     final = {**final, "sampler_grad_evals": float(run.sampler.grad_evals),
              "wall_clock_s": run.wall_clock}
     writer.add_hparams(hparams(cfg), {f"hparam/{k}": v for k, v in final.items()}, run_name=".")
     writer.close()
-    (out / "final_metrics.json").write_text(json.dumps(final, indent=2))
+    atomic_write_text(out / "final_metrics.json", json.dumps(final, indent=2))
     return final
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     """Hydra entry point of ``pdebm train``; a ConfigError becomes one line on stderr."""
     try:
         final = train(cfg)
@@ -374,4 +354,15 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(2 if isinstance(e, ConfigError) else 1) from None
     summary = ", ".join(f"{k}={final[k]:.4g}" for k in ("test_nll", "lag_kl", "mmd2",
                                                         "wall_clock_s") if k in final)
-    print(f"pdebm: done in {run_dir(cfg)}: {summary}")
+    print(f"pdebm: done in {run_dir(cfg)}: {summary}", flush=True)
+    STOP.wait_at("teardown")
+
+
+def main() -> None:
+    """``pdebm train``: signals stay deferred through Hydra's start-up and teardown, so that a
+    signal at any moment ends in one line and exit status 128 + signal."""
+    with STOP.deferred():
+        hydra_main()
+    if STOP.signal is not None:
+        STOP.exit(f"pdebm: {signal_name(STOP.signal)} arrived as the run finished; the run is "
+                  "complete")

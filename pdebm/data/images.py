@@ -25,7 +25,6 @@ import gzip
 import math
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -39,6 +38,7 @@ from torch import Tensor
 
 from pdebm.data.base import Dataset
 from pdebm.errors import ConfigError, check, positive
+from pdebm.io import atomic_write
 
 TRANSFORMS = ("none", "logit")
 SPLIT_SEED = 0        # digits train/test permutation (fixed: the split never depends on the run)
@@ -340,14 +340,7 @@ def _fetch(url: str, target: Path, timeout: float = 60.0) -> None:
     """Download ``url`` to ``target`` atomically (temporary file, then rename)."""
     with urllib.request.urlopen(url, timeout=timeout) as response:
         data = response.read()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(target, lambda f: f.write(data))
 
 
 def _as_nchw(images: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-from sklearn import datasets as skd
 from torch import Tensor
 
 from pdebm.data.base import Dataset, to_tensor
@@ -71,19 +70,25 @@ def pinwheel(n: int, rng: Generator) -> np.ndarray:
 
 def swissroll(n: int, rng: Generator) -> np.ndarray:
     """scikit-learn's swiss roll with noise 1.0, coordinates (0, 2), divided by 5."""
-    x, _ = skd.make_swiss_roll(n_samples=n, noise=1.0, random_state=_sk_seed(rng))
+    from sklearn.datasets import make_swiss_roll  # lazily: sklearn takes seconds to import
+
+    x, _ = make_swiss_roll(n_samples=n, noise=1.0, random_state=_sk_seed(rng))
     return x[:, [0, 2]] / 5.0
 
 
 def circles(n: int, rng: Generator) -> np.ndarray:
     """scikit-learn's ``make_circles(factor=0.5, noise=0.08)``, ×3."""
-    x, _ = skd.make_circles(n_samples=n, factor=0.5, noise=0.08, random_state=_sk_seed(rng))
+    from sklearn.datasets import make_circles  # lazily: sklearn takes seconds to import
+
+    x, _ = make_circles(n_samples=n, factor=0.5, noise=0.08, random_state=_sk_seed(rng))
     return 3.0 * x
 
 
 def moons(n: int, rng: Generator) -> np.ndarray:
     """scikit-learn's ``make_moons(noise=0.1)``, ×2, shifted by (−1, −0.2)."""
-    x, _ = skd.make_moons(n_samples=n, noise=0.1, random_state=_sk_seed(rng))
+    from sklearn.datasets import make_moons  # lazily: sklearn takes seconds to import
+
+    x, _ = make_moons(n_samples=n, noise=0.1, random_state=_sk_seed(rng))
     return 2.0 * x + np.array([-1.0, -0.2])
 
 
