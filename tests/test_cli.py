@@ -103,7 +103,7 @@ def test_sweep_dir_named_after_overrides(tmp_path):
     (["steps=-5"], "steps must be > 0, got -5"),
     (["sampler=sgld", "sampler.n_steps=0"], "sampler.n_steps must be > 0, got 0"),
     (["sampler.n_steps=-1"], "sampler.n_steps must be >= 0, got -1"),
-    (["sampler.step_size=-0.1"], "sampler.step_size must be > 0"),
+    (["langevin.step_size=-0.1"], "langevin.step_size must be > 0"),
     (["batch_size=0"], "batch_size must be > 0"),
     (["resume=/nonexistent/ckpt.pt"], "checkpoint not found: /nonexistent/ckpt.pt"),
     (["sampler=exact", "dataset=digits", "energy=conv"], "sampler=exact needs 2D data"),

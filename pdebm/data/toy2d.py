@@ -13,7 +13,7 @@ import numpy as np
 from torch import Tensor
 
 from pdebm.data.base import Dataset, to_tensor
-from pdebm.errors import check, positive
+from pdebm.errors import check, one_of, positive
 
 Generator = np.random.Generator
 
@@ -121,7 +121,7 @@ ENTROPY = {"8gaussians": 2.838, "checkerboard": 3.466}
 
 def sample(name: str, n: int, rng: Generator) -> np.ndarray:
     """``n`` points of the named 2D data set, float64 array ``(n, 2)``."""
-    check(name in GENERATORS, f"dataset.name={name!r} is not one of {sorted(GENERATORS)}")
+    one_of("dataset.name", name, sorted(GENERATORS))
     return GENERATORS[name](n, rng)
 
 
@@ -138,7 +138,7 @@ class Toy2D(Dataset):
     shape = (2,)
 
     def __init__(self, name: str, seed: int = 0, n_test: int = 5000, n_stats: int = 10000) -> None:
-        check(name in GENERATORS, f"dataset.name={name!r} is not one of {sorted(GENERATORS)}")
+        one_of("dataset.name", name, sorted(GENERATORS))
         positive("dataset.n_test", n_test)
         positive("dataset.n_stats", n_stats)
         self.name = name

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from pdebm.errors import check
+from pdebm.errors import check, one_of
 
 Energy = Callable[[Tensor], Tensor]
 """Anything that maps a batch ``x`` of shape ``(N, *shape)`` to energies of shape ``(N,)``."""
@@ -131,5 +131,5 @@ ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU
 
 def make_activation(name: str) -> nn.Module:
     """Build an activation by name; unknown names are a :class:`ConfigError`."""
-    check(name in ACTIVATIONS, f"energy.activation={name!r} is not one of {sorted(ACTIVATIONS)}")
+    one_of("energy.activation", name, sorted(ACTIVATIONS))
     return ACTIVATIONS[name]()
