@@ -82,3 +82,10 @@ def test_circles_and_moons_shapes():
 def test_unknown_dataset_is_config_error():
     with pytest.raises(ConfigError, match="dataset.name='spiral'"):
         Toy2D("spiral")
+
+
+def test_test_set_is_fixed_across_seeds():
+    """One policy for 2D and images: the held-out set does not depend on the run's seed."""
+    a, b = (Toy2D("8gaussians", seed=s, n_test=100, n_stats=500) for s in (0, 1))
+    assert torch.equal(a.test, b.test) and torch.equal(a.mean, b.mean)
+    assert not torch.equal(a.train_batch(50), b.train_batch(50))  # training data still follows the seed
