@@ -37,7 +37,7 @@ def test_dataset_object_reproducible_and_resumable(name):
     assert not torch.allclose(d1.test[:50], first)
 
 
-# (max |coordinate|, expected radius statistics) from evaluation.md's definitions
+# (max |coordinate|, expected radius statistics) from the definitions in docs/evaluation.md
 def test_8gaussians_modes_and_scale():
     x = draw("8gaussians")
     centres = 4 * np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)], 1) / 1.414

@@ -1,4 +1,4 @@
-"""The particle sampler (design §3–§4) on prescribed energy paths where the truth is known.
+"""The particle sampler (docs/method.md) on prescribed energy paths where the truth is known.
 
 No learning happens here: the tests move the energy's parameters by hand, take the frozen
 snapshot before each move and call ``update(before, after)`` as the trainer would. Tolerances

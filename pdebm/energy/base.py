@@ -1,7 +1,7 @@
 """The Gaussian base term and the energy-model wrapper shared by every architecture.
 
 An energy is ``E_θ(x) = f_θ(x) − log N(x; μ, diag σ²)``: a network ``f_θ`` plus a learnable
-diagonal Gaussian base (the authors' choice, design §5). With the network's last layer
+diagonal Gaussian base (the authors' choice, docs/method.md, "Energy model"). With the network's last layer
 zero-initialised, ``f_θ ≡ 0`` at step 0 and the model *is* the base distribution, so samples of
 the base are exact samples of the initial model.
 """

@@ -1,4 +1,4 @@
-"""Particle dynamics (design §3–§4): negatives that move *with* the model.
+"""Particle dynamics (docs/method.md): negatives that move *with* the model.
 
 After every optimizer step ``θ_k → θ_{k+1}`` (``update(before, after)``) the particles are
 
@@ -110,7 +110,7 @@ class ParticleSampler(Sampler):
             ``burn_in`` Langevin steps first) or ``auto`` (burn in unless the network's output
             is identically zero at the drawn particles, i.e. the model is its base).
         burn_in: Langevin steps ``M`` of the burn-in.
-        weights: carry importance weights (design §4).
+        weights: carry importance weights (docs/method.md, "Importance weights").
         logdet: ``log|det ∇T|`` ``exact`` (Hessian), ``hutchinson`` (probes) or ``auto``
             (exact up to :data:`EXACT_LOGDET_MAX_DIM` dimensions).
         n_probes: Rademacher probes per particle for Hutchinson.
