@@ -42,7 +42,7 @@ from pdebm.errors import check, positive
 
 BASIS_LINEAR_MAX_DIM = 10
 """``field: basis`` includes the ``d`` linear terms ``x_j`` up to this data dimension."""
-BASIS_RIDGE = 1e-8
+BASIS_RIDGE = 1e-6
 """Ridge added to the Jacobi-scaled normal matrix of the basis fit (relative to its unit diagonal)."""
 
 

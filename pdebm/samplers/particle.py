@@ -135,7 +135,7 @@ class ParticleSampler(Sampler):
                  grad_clip: float | None = None, refresh: float = 0.0, init: str = "auto",
                  burn_in: int = 1000, weights: bool = False, logdet: str = "auto",
                  n_probes: int = 1, ess_threshold: float = 0.5, substeps: int = 1,
-                 jacobian_bounds: tuple[float, float] = (0.5, 2.0), power_iters: int = 5,
+                 jacobian_bounds: tuple[float, float] = (0.8, 1.25), power_iters: int = 5,
                  loss_energy_reg: float = 0.0, reuse_loss_grad: bool = True) -> None:
         super().__init__()
         positive("sampler.n_samples", n_samples)
