@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pdebm.energy.mlp import MLPEnergy
+from pdebm.metrics.grid import Grid2D
 from pdebm.metrics.mmd import mmd2
 from pdebm.samplers.particle import ParticleSampler, exact_delta
 from pdebm.samplers.weights import ExactCurvature, HutchinsonCurvature, jacobian_guard
@@ -164,3 +165,55 @@ def test_hutchinson_power_iteration_bounds_the_spectral_radius() -> None:
     rho = HutchinsonCurvature.of(g, x, n_probes=1, power_iters=60).bounds()[1]
     assert torch.all(rho <= exact * (1 + 1e-9))
     assert torch.all(rho >= 0.95 * exact), (rho / exact)
+
+
+# ------------------------------------------------------------ 4. lag floors and the outside
+def gaussian_energy(sigma: float):
+    return lambda x: x.pow(2).sum(1) / (2 * sigma**2)
+
+
+def test_lag_and_floor_treat_points_outside_the_box_alike() -> None:
+    """Points outside the box are left out of the lag (like the floor's exact samples, which
+    are all inside) and counted by ``fraction_outside``; the old lag piled them into the edge
+    bins."""
+    grid = Grid2D()
+    model = grid.evaluate(gaussian_energy(1.0))
+    gen = torch.Generator().manual_seed(4)
+    x = model.sample(2000, gen)
+    far = torch.tensor([[9.0, 0.0], [0.0, -7.0], [20.0, 20.0], [-6.0, 1.0]]).repeat(50, 1)
+    both = torch.cat([x, far])
+    assert model.lag_kl(both, None, 30) == pytest.approx(model.lag_kl(x, None, 30), abs=1e-6)
+    assert grid.fraction_outside(both, None) == pytest.approx(200 / 2200)
+    log_w = torch.cat([torch.zeros(2000), torch.full((200,), math.log(10.0))])
+    assert grid.fraction_outside(both, log_w) == pytest.approx(2000 / 4000)
+    floor_n, floor_ess = model.lag_floors(both, None, 30, gen)
+    assert floor_n == floor_ess > 0
+
+
+def test_lag_floor_at_the_effective_sample_size_matches_a_weighted_exact_sample() -> None:
+    """Exact samples with independent log-normal weights (still an exact weighted sample, ESS
+    ≈ N/3): their lag KL sits at the floor for ESS points, far above the floor for N."""
+    model = Grid2D().evaluate(gaussian_energy(1.0))
+    gen = torch.Generator().manual_seed(5)
+    n, bins, reps = 3000, 30, 6
+    lags, floors_n, floors_ess = [], [], []
+    for _ in range(reps):
+        x = model.sample(n, gen)
+        log_w = 1.05 * torch.randn(n, generator=gen)
+        lags.append(model.lag_kl(x, log_w, bins))
+        f_n, f_ess = model.lag_floors(x, log_w, bins, gen)
+        floors_n.append(f_n)
+        floors_ess.append(f_ess)
+    lag, f_n, f_ess = (sum(v) / reps for v in (lags, floors_n, floors_ess))
+    assert f_ess > 2 * f_n
+    assert abs(lag - f_ess) < 0.25 * f_ess, (lag, f_ess, f_n)
+
+
+def test_mass_outside_the_box_of_a_wide_gaussian() -> None:
+    """N(0, σ²I) with σ = 2.2: the mass outside [−5, 5]² is 1 − (2Φ(5/σ) − 1)² ≈ 0.045."""
+    sigma = 2.2
+    inside_1d = math.erf(5 / (sigma * math.sqrt(2)))
+    exact = 1 - inside_1d**2
+    got = Grid2D().mass_outside(gaussian_energy(sigma))
+    assert got == pytest.approx(exact, abs=2e-3), (got, exact)
+    assert Grid2D().mass_outside(gaussian_energy(0.5)) < 1e-12
