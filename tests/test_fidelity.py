@@ -13,10 +13,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from pdebm.energy.base import SwishBeta
 from pdebm.energy.mlp import MLPEnergy
 from pdebm.metrics.grid import Grid2D
 from pdebm.metrics.mmd import mmd2
 from pdebm.samplers.particle import ParticleSampler, exact_delta
+from pdebm.samplers.pcd import PCD
 from pdebm.samplers.weights import ExactCurvature, HutchinsonCurvature, jacobian_guard
 from tests.test_particle import GaussianEnergy, mlp_energy, perturb_
 
@@ -217,3 +219,53 @@ def test_mass_outside_the_box_of_a_wide_gaussian() -> None:
     got = Grid2D().mass_outside(gaussian_energy(sigma))
     assert got == pytest.approx(exact, abs=2e-3), (got, exact)
     assert Grid2D().mass_outside(gaussian_energy(0.5)) < 1e-12
+
+
+# --------------------------------------------------------------------- 5. exact presets
+def test_swish_beta_has_a_learnable_slope_per_unit() -> None:
+    torch.manual_seed(6)
+    energy = MLPEnergy((2,), torch.zeros(2), torch.ones(2), hidden=8, depth=2,
+                       activation="swish_beta", zero_init_last=False)
+    acts = [m for m in energy.net if isinstance(m, SwishBeta)]
+    assert len(acts) == 2 and all(a.beta.shape == (8,) and torch.all(a.beta == 1) for a in acts)
+    with torch.no_grad():
+        acts[0].beta.copy_(torch.linspace(0.5, 2.0, 8))
+    h = torch.randn(5, 8)
+    assert torch.allclose(acts[0](h), h * torch.sigmoid(torch.linspace(0.5, 2.0, 8) * h))
+    energy(torch.randn(5, 2)).sum().backward()
+    assert all(float(a.beta.grad.abs().sum()) > 0 for a in acts)  # β is trained
+    images = SwishBeta(3)(torch.randn(2, 3, 4, 4))  # per channel on feature maps
+    assert images.shape == (2, 3, 4, 4)
+
+
+def compose_train(*overrides: str):
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_paper_2d_exact_preset_is_the_authors_setting() -> None:
+    cfg = compose_train("experiment=paper_2d_exact")
+    assert cfg.energy.activation == "swish_beta" and cfg.energy.zero_init_last is False
+    assert cfg.energy.depth == 2 and cfg.energy.hidden == 300 and cfg.lr == 1e-4
+    assert cfg.sampler.init == "burn_in" and cfg.sampler.burn_in == 1000
+    assert cfg.sampler.field == "gradient" and cfg.sampler.delta == "first_order"
+    assert cfg.sampler.weights is False and cfg.sampler.n_steps == 10
+    assert cfg.sampler.step_size == 0.01 and cfg.sampler.noise_scale is None  # σ = √ε = 0.1
+    assert compose_train("experiment=paper_2d_exact", "sampler=pcd").sampler.init == "base"
+
+
+def test_authors_replay_buffer_is_cold_and_restarts_from_the_initial_base() -> None:
+    cfg = compose_train("sampler=replay_buffer_authors")
+    assert (cfg.sampler.step_size, cfg.sampler.noise_scale, cfg.sampler.n_steps) == (0.1, 0.1, 20)
+    assert (cfg.sampler.reinit_prob, cfg.sampler.buffer_size) == (0.1, 10000)
+    torch.manual_seed(7)
+    energy = GaussianEnergy()
+    sampler = PCD(n_samples=500, buffer_size=1000, reinit_prob=1.0, n_steps=1, step_size=1e-6,
+                  noise_scale=0.0, init="initial_base")
+    sampler.negatives(energy)
+    energy.move(torch.tensor([5.0, 5.0]), 3.0)  # the learnt base moves away
+    x, _ = sampler.negatives(energy)  # every chain restarted (reinit_prob 1), ~no Langevin move
+    assert float(x.mean(0).norm()) < 0.2 and 0.8 < float(x.std(0).mean()) < 1.2
+    state = sampler.state_dict()
+    assert torch.equal(state["base0"][0], torch.zeros(2))
