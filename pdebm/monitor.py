@@ -74,8 +74,12 @@ class Monitor:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
             s["test_nll"] = model.nll(e_test)
             s["log_z"] = model.log_z
-            s["lag_kl"] = model.lag_kl(x, log_w if weighted else None, self.lag_bins)
-            s["lag_kl_floor"] = model.lag_floor(len(x), self.lag_bins, gen)
+            neg_log_w = log_w if weighted else None
+            s["lag_kl"] = model.lag_kl(x, neg_log_w, self.lag_bins)  # negatives inside the box
+            s["lag_kl_floor"], s["lag_kl_floor_ess"] = model.lag_floors(x, neg_log_w,
+                                                                        self.lag_bins, gen)
+            s["frac_outside"] = self.grid.fraction_outside(x, neg_log_w)
+            s["mass_outside"] = self.grid.mass_outside(energy, dev)
             if getattr(self.dataset, "entropy", None) is not None:
                 s["nll_minus_entropy"] = s["test_nll"] - self.dataset.entropy
             figure = density_figure(model, x[: self.n_plot], self.dataset.test[: self.n_plot],

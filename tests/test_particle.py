@@ -394,9 +394,9 @@ def test_image_shaped_particles(settings: dict) -> None:
     x, log_w = sampler.negatives(energy)
     assert x.shape == (n, *shape) and log_w.shape == (n,)
     assert torch.isfinite(x).all() and torch.isfinite(log_w).all() and sampler.stats()["c"] > 0
-    # per update: ∇δE 2N, one probe 2N, Langevin 3N (weighted ULA) — or the shortcut's N + 1
-    # and Langevin's 2N (plain ULA)
-    per_update = 7 * n if sampler.weighted else 3 * n + 1
+    # per update: ∇δE 2N, one probe 2N, 5 power iterations 10N, Langevin 3N (weighted ULA) —
+    # or the shortcut's N + 1 and Langevin's 2N (plain ULA)
+    per_update = 17 * n if sampler.weighted else 3 * n + 1
     assert sampler.grad_evals == 3 * per_update
 
 

@@ -124,12 +124,32 @@ def zero_init_(layer: nn.Module) -> None:
         nn.init.zeros_(layer.bias)
 
 
+class SwishBeta(nn.Module):
+    """Swish with a learnable slope per unit, ``x·sigmoid(βx)``, ``β`` initialised to 1 (the
+    authors' ``Swish(dim)`` in necludov/particle-EBMs ``core/networks.py``).
+
+    With ``width`` the module holds one ``β`` per unit (features of a 2D input, channels of a
+    4D one); without, one shared ``β``.
+    """
+
+    def __init__(self, width: int | None = None) -> None:
+        super().__init__()
+        self.beta = nn.Parameter(torch.ones(width if width is not None else 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        beta = self.beta.view(1, -1, *([1] * (x.dim() - 2))) if x.dim() > 1 else self.beta
+        return x * torch.sigmoid(beta * x)
+
+
 ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU,
                "leaky_relu": lambda: nn.LeakyReLU(0.2), "tanh": nn.Tanh, "softplus": nn.Softplus,
-               "gelu": nn.GELU}
+               "gelu": nn.GELU, "swish_beta": SwishBeta}
+PER_UNIT = {"swish_beta"}
+"""Activations with parameters per unit: built with the layer's width."""
 
 
-def make_activation(name: str) -> nn.Module:
-    """Build an activation by name; unknown names are a :class:`ConfigError`."""
+def make_activation(name: str, width: int | None = None) -> nn.Module:
+    """Build an activation by name (``width``: units of the layer it follows, for activations
+    with per-unit parameters); unknown names are a :class:`ConfigError`."""
     one_of("energy.activation", name, sorted(ACTIVATIONS))
-    return ACTIVATIONS[name]()
+    return ACTIVATIONS[name](width) if name in PER_UNIT else ACTIVATIONS[name]()

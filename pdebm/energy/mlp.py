@@ -17,7 +17,8 @@ class MLPEnergy(EnergyModel):
     Args:
         hidden: width of each hidden layer.
         depth: number of hidden layers.
-        activation: nonlinearity name (``silu`` = Swish, as in the paper's code).
+        activation: nonlinearity name (``silu`` = Swish with β = 1; ``swish_beta`` = Swish with
+            a learnable β per unit, as in the authors' code).
         zero_init_last: zero the last layer so the initial model equals the base distribution.
         learn_base / base_*: see :class:`~pdebm.energy.base.EnergyModel`.
     """
@@ -34,7 +35,7 @@ class MLPEnergy(EnergyModel):
         layers: list[nn.Module] = [nn.Flatten()]
         width = dim
         for _ in range(depth):
-            layers += [nn.Linear(width, hidden), make_activation(activation)]
+            layers += [nn.Linear(width, hidden), make_activation(activation, hidden)]
             width = hidden
         last = nn.Linear(width, 1)
         if zero_init_last:

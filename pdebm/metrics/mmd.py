@@ -19,8 +19,12 @@ def mmd2(x: Tensor, y: Tensor, bandwidths: Sequence[float],
          x_weights: Tensor | None = None) -> float:
     """MMD² with ``k(a, b) = Σ_h exp(−|a − b|² / (2h²))`` over ``bandwidths``.
 
-    Unweighted samples use the unbiased U-statistic (can be slightly negative); with
-    ``x_weights`` (self-normalised weights of the negatives) the V-statistic is used for ``x``.
+    Both within-sample terms are U-statistics (the estimate can be slightly negative). With
+    ``x_weights`` (self-normalised weights ``w`` of the negatives, ``Σw = 1``) the negatives'
+    term is the weighted U-statistic ``(wᵀKw − Σᵢwᵢ²kᵢᵢ) / (1 − Σᵢwᵢ²)``, which drops the
+    diagonal exactly as the unweighted one does and equals it for uniform weights. (The
+    V-statistic ``wᵀKw`` is biased upwards by about ``(k(x, x) − E k)/ESS``.) It is NaN when one
+    particle carries all the weight (ESS = 1), where no U-statistic exists.
     """
     x, y = x.detach().flatten(1).float(), y.detach().flatten(1).float().to(x.device)
 
@@ -35,7 +39,10 @@ def mmd2(x: Tensor, y: Tensor, bandwidths: Sequence[float],
         xx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
         xy = kxy.mean()
     else:
-        w = x_weights.detach().to(x.device).float()
-        xx = w @ kxx @ w
-        xy = (w @ kxy).mean()
+        w = x_weights.detach().to(x.device).double()
+        w, kxx = w / w.sum(), kxx.double()
+        sq = w.pow(2).sum()
+        xx = (w @ kxx @ w - (w.pow(2) * kxx.diagonal()).sum()) / (1 - sq)
+        xx = torch.where(sq < 1, xx, torch.full_like(xx, float("nan")))
+        xy = (w @ kxy.double()).mean()
     return float(xx + yy - 2 * xy)

@@ -2,10 +2,11 @@
 
 After every optimizer step ``θ_k → θ_{k+1}`` (``update(before, after)``) the particles are
 
-1. **transported**, ``x ← T(x) = x − c∇ₓδE(x)``, with ``δE = E_{θ_{k+1}} − E_{θ_k}``
+1. **transported**, ``x ← T(x) = x − ∇φ(x)``, with ``δE = E_{θ_{k+1}} − E_{θ_k}``
    (``delta: exact``) or ``∇_θE_{θ_{k+1}}·(θ_{k+1} − θ_k)`` (``delta: first_order``, the
-   authors' code) and ``c`` chosen by the field (:mod:`pdebm.samplers.fields`), optionally as
-   ``substeps`` moves of ``c/S`` that re-evaluate ``∇ₓδE`` where the particles have got to;
+   authors' code) and the potential ``φ`` fitted by the field (:mod:`pdebm.samplers.fields`:
+   ``φ = c·δE``, or ``c₁δE + bᵀx + a|x − x̄|²`` for ``basis``), optionally as ``substeps``
+   moves of ``φ/S`` that re-evaluate ``∇ₓδE`` where the particles have got to;
 2. **reweighted** (``weights: true``), ``ℓ ← ℓ − E_{θ_{k+1}}(T(x)) + E_{θ_k}(x) + log|det ∇T(x)|``,
    and resampled (systematic) when ``ESS/N < ess_threshold``;
 3. **corrected** by ``K`` Langevin steps aimed at ``θ_{k+1}`` (the shared kernel, which adds
@@ -16,9 +17,12 @@ Weights. The log-weights keep their absolute scale, ``w = exp(−E)/q`` for the 
 proposal ``q``: they start at ``log Z_0`` (zero when the model is its normalised base),
 resampling resets them to ``log mean w`` and refreshed particles get ``−E − log base``, so
 particles from different proposals can share one population. The map ``T`` must stay a
-diffeomorphism for the formula to hold: every substep's ``c`` is shrunk so that the
-eigenvalues of ``∇T = I − c∇²δE`` stay ≥ ``jacobian_floor`` at every particle (exactly from
-the Hessian in low dimension; from the probes' ``‖∇²δE‖_F`` with Hutchinson).
+diffeomorphism for the formula to hold, and must not squeeze or stretch the cloud so much
+that the weights alone have to undo it: every substep's ``φ`` is shrunk so that the
+eigenvalues of ``∇T = (1 − 2a)I − c∇²δE`` stay in ``jacobian_bounds = [lo, hi]`` at every
+particle (from the exact Hessian's eigenvalues in low dimension; from a power-iteration
+estimate of its spectral radius with Hutchinson). Unweighted, no Hessian is computed and only
+the quadratic term's ``1 − 2a`` is kept in the bounds.
 
 ``∇ₓE_{θ_k}`` without an extra pass. ``negatives`` returns the particles as a leaf tensor with
 ``requires_grad``; the trainer's loss ``… − Σ w̄_i E(x_i) + α Σ w̄_i E(x_i)²`` back-propagates
@@ -32,8 +36,8 @@ weights the transport needs the Hessian of ``δE``, so both energies are differe
 
 Cost (``grad_evals``, per-particle gradient passes through one copy of the network): the
 shortcut's ``∇E_{θ_{k+1}}`` counts ``N``; any other ``∇ₓδE`` counts ``2N`` (two networks, or the
-first-order double backward); every Hessian row or Hutchinson probe ``2N``; Langevin as the
-kernel reports it.
+first-order double backward); every Hessian row, Hutchinson probe or power iteration ``2N``;
+Langevin as the kernel reports it.
 """
 
 from __future__ import annotations
@@ -51,8 +55,9 @@ from pdebm.loss import negatives_grad_factor
 from pdebm.samplers.base import Sampler
 from pdebm.samplers.fields import make_field
 from pdebm.samplers.langevin import LangevinConfig, energy_and_grad, langevin
-from pdebm.samplers.weights import (Curvature, ExactCurvature, HutchinsonCurvature, ess,
-                                    logmeanexp, safe_coefficient, systematic_resample)
+from pdebm.samplers.weights import (Curvature, ExactCurvature, HutchinsonCurvature,
+                                    effective_sample_size, jacobian_guard, logmeanexp,
+                                    systematic_resample)
 
 DELTAS = ("exact", "first_order")
 LOGDETS = ("auto", "exact", "hutchinson")
@@ -100,9 +105,11 @@ class ParticleSampler(Sampler):
 
     Args:
         n_samples: number of particles ``N`` (the negatives of every step).
-        field: ``gradient`` (``c = 1``), ``optimal`` (``c*``) or ``none`` (no transport).
+        field: ``gradient`` (``c = 1``), ``optimal`` (``c*``), ``basis`` (``c₁δE`` + linear +
+            ``|x − x̄|²`` terms fitted together) or ``none`` (no transport).
         delta: ``δE`` as ``exact`` (``E_{θ_{k+1}} − E_{θ_k}``) or ``first_order``.
-        max_displacement: clip of the optimal ``c``: root-mean-square displacement per step.
+        max_displacement: clip of the optimal and basis fields: root-mean-square displacement
+            per step.
         n_steps: Langevin correction steps ``K`` after the transport (``K = 0`` allowed).
         kernel: the Langevin kernel's settings (the ``langevin:`` node).
         refresh: fraction ``ρ`` of the particles re-drawn from the base after each step.
@@ -116,7 +123,9 @@ class ParticleSampler(Sampler):
         n_probes: Rademacher probes per particle for Hutchinson.
         ess_threshold: resample when ``ESS/N`` falls below this (0: never).
         substeps: split the transport into this many moves of ``c/S``.
-        jacobian_floor: smallest eigenvalue allowed for ``∇T`` when weighted (shrinks ``c``).
+        jacobian_bounds: ``[lo, hi]``, the range allowed for the eigenvalues of ``∇T`` (shrinks
+            ``φ``; weighted: all eigenvalues, unweighted: the quadratic term's).
+        power_iters: power iterations for the spectral-radius bound of ``∇²δE`` with Hutchinson.
         loss_energy_reg: the trainer's ``α`` (``energy_reg``), to read ``∇ₓE`` off ``x.grad``.
         reuse_loss_grad: take ``∇ₓE_{θ_k}`` from the trainer's backward (else a direct pass).
     """
@@ -126,8 +135,8 @@ class ParticleSampler(Sampler):
                  kernel: Mapping[str, Any] | None = None, refresh: float = 0.0, init: str = "auto",
                  burn_in: int = 1000, weights: bool = False, logdet: str = "auto",
                  n_probes: int = 1, ess_threshold: float = 0.5, substeps: int = 1,
-                 jacobian_floor: float = 0.1, loss_energy_reg: float = 0.0,
-                 reuse_loss_grad: bool = True) -> None:
+                 jacobian_bounds: tuple[float, float] = (0.8, 1.25), power_iters: int = 5,
+                 loss_energy_reg: float = 0.0, reuse_loss_grad: bool = True) -> None:
         super().__init__()
         positive("sampler.n_samples", n_samples)
         one_of("sampler.delta", delta, DELTAS)
@@ -139,21 +148,26 @@ class ParticleSampler(Sampler):
         check(0 <= ess_threshold <= 1,
               f"sampler.ess_threshold must be in [0, 1], got {ess_threshold}")
         positive("sampler.substeps", substeps)
-        check(0 < jacobian_floor < 1,
-              f"sampler.jacobian_floor must be in (0, 1), got {jacobian_floor}")
+        bounds = tuple(float(b) for b in jacobian_bounds)
+        check(len(bounds) == 2 and 0 < bounds[0] < 1 < bounds[1],
+              f"sampler.jacobian_bounds must be [lo, hi] with 0 < lo < 1 < hi, got "
+              f"{list(jacobian_bounds)}")
+        positive("sampler.power_iters", power_iters, allow_zero=True)
         positive("sampler.loss_energy_reg", loss_energy_reg, allow_zero=True)
         self.field = make_field(field, max_displacement)
         self.kernel = LangevinConfig.from_settings(n_steps, kernel)
         self.n_samples, self.delta, self.refresh = int(n_samples), delta, float(refresh)
         self.init, self.burn_in, self.weighted = init, int(burn_in), bool(weights)
         self.logdet, self.n_probes, self.ess_threshold = logdet, int(n_probes), ess_threshold
-        self.substeps, self.jacobian_floor = int(substeps), float(jacobian_floor)
+        self.substeps, self.jacobian_bounds = int(substeps), bounds
+        self.power_iters = int(power_iters)
         self.loss_energy_reg = float(loss_energy_reg)
         self.reuse_loss_grad = bool(reuse_loss_grad)
         self.x: Tensor | None = None      # particles (N, *shape)
         self.log_w: Tensor | None = None  # log-weights ℓ (N,); zeros when unweighted
         self._leaf: Tensor | None = None  # the tensor negatives() handed out since the last update
-        self._stats: dict[str, float] = {}
+        self._stats: dict[str, Tensor] = {}
+        self._eig: tuple[Tensor, Tensor] | None = None
 
     # ----------------------------------------------------------------------------- interface
     def negatives(self, energy: EnergyModel) -> tuple[Tensor, Tensor]:
@@ -173,33 +187,49 @@ class ParticleSampler(Sampler):
         n = self.n_samples
         with torch.enable_grad():
             x, log_det, c = self._transport(energy_before, energy_after)
-        stats = {"c": c, "displacement": float((x - self.x).flatten(1).norm(dim=1).mean())}
+        eig = self._eig
+        stats = {"c": c, "displacement": (x - self.x).flatten(1).norm(dim=1).mean()}
+        if eig is not None:
+            stats["eig_min"], stats["eig_max"] = eig
         log_w = self.log_w
         if self.weighted:
             with torch.no_grad():
                 log_w = (log_w - energy_after(x) + energy_before(self.x)
                          + log_det.to(log_w.dtype))
-            stats["ess"] = ess(log_w) / n
+            stats["ess"] = effective_sample_size(log_w) / n
+            # resample (systematic) when ESS/N < threshold, chosen on the device
             resample = stats["ess"] < self.ess_threshold
-            if resample:
-                x = x[systematic_resample(log_w)]
-                log_w = logmeanexp(log_w).expand(n).clone()
-            stats["resampled"] = float(resample)
+            idx = torch.where(resample, systematic_resample(log_w),
+                              torch.arange(n, device=log_w.device))
+            x = x[idx]
+            log_w = torch.where(resample, logmeanexp(log_w).expand(n), log_w)
+            stats["resampled"] = resample.double()
         out = langevin(energy_after, x, self.kernel,
                        log_weights=log_w if self.weighted else None)
         self.grad_evals += out.grad_evals
         if out.accept_rate is not None:
-            stats["accept_rate"] = out.accept_rate
+            stats["accept_rate"] = torch.as_tensor(out.accept_rate)
         x, log_w = self._refresh(energy_after, out.x, out.log_weights if self.weighted else log_w)
         if self.weighted:
-            stats["ess_out"] = ess(log_w) / n
-        self.x, self.log_w, self._leaf, self._stats = x.detach(), log_w.detach(), None, stats
+            stats["ess_out"] = effective_sample_size(log_w) / n
+        self.x, self.log_w, self._leaf = x.detach(), log_w.detach(), None
+        self._stats = {k: v.detach() for k, v in stats.items()}
 
     def stats(self) -> dict[str, float]:
-        """``c`` (coefficient used), ``displacement`` (mean ``|T(x) − x|``), ``accept_rate``
-        (MALA); weighted: ``ess`` (ESS/N before resampling), ``resampled`` (0/1) and
-        ``ess_out`` (ESS/N of the negatives handed out next)."""
-        return dict(self._stats)
+        """Logged as ``sampler/<key>``:
+
+        - ``c``: coefficient of ``δE`` in the potential actually applied (sum over substeps);
+        - ``displacement``: mean ``|T(x) − x|``;
+        - ``eig_min``, ``eig_max`` (weighted): the extreme eigenvalues of ``∇T`` over all
+          particles and substeps, after the guard (inside ``jacobian_bounds``; with
+          Hutchinson, bounds from the spectral-radius estimate, not eigenvalues);
+        - ``ess`` (weighted): ESS/N of the reweighted particles *before* resampling;
+        - ``resampled`` (weighted): 1 if this step resampled, else 0;
+        - ``ess_out`` (weighted): ESS/N of the negatives handed out next (after resampling,
+          Langevin and refresh);
+        - ``accept_rate``: MALA's acceptance rate.
+        """
+        return {k: float(v) for k, v in self._stats.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "x": self.x, "log_w": self.log_w}
@@ -229,15 +259,19 @@ class ParticleSampler(Sampler):
         self.log_w = (log_z.expand(self.n_samples).clone() if self.weighted
                       else torch.zeros(self.n_samples, device=x.device))
 
-    def _transport(self, before: Energy, after: EnergyModel) -> tuple[Tensor, Tensor, float]:
-        """``T(x)``, ``log|det ∇T(x)|`` (computed when weighted) and the total ``c`` used."""
+    def _transport(self, before: Energy, after: EnergyModel) -> tuple[Tensor, Tensor, Tensor]:
+        """``T(x)``, ``log|det ∇T(x)|`` (computed when weighted) and the total coefficient ``c``
+        of ``δE`` used; when weighted, ``self._eig`` receives the extreme eigenvalues of ``∇T``
+        (over particles and substeps), else ``None``."""
+        self._eig = None
         x0 = self.x
         log_det = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
+        c_total = torch.zeros((), dtype=torch.float64, device=x0.device)
         if self.field is None:
-            return x0, log_det, 0.0
+            return x0, log_det, c_total
         w_bar = torch.softmax(self.log_w, 0)
         shortcut = self.reuse_loss_grad and self.delta == "exact" and not self.weighted
-        x, c, c_total = x0, 0.0, 0.0
+        x, potential, eig = x0, None, None
         for step in range(self.substeps):
             xs = x.detach().requires_grad_(True)
             if step == 0 and shortcut:
@@ -245,16 +279,24 @@ class ParticleSampler(Sampler):
             else:
                 delta_e, grad = self._delta(before, after, xs)
             if step == 0:
-                c = self.field.coefficient(delta_e, grad, w_bar)
-            if c == 0.0:
-                break
-            c_step = c / self.substeps
+                potential = self.field.potential(delta_e, grad, x0, w_bar).scaled(1 / self.substeps)
             if self.weighted:
                 curvature = self._curvature(grad, xs)
-                c_step = min(c_step, safe_coefficient(curvature.bound(), self.jacobian_floor))
-                log_det = log_det + curvature.logdet(c_step)
-            x = (xs - c_step * grad).detach()
-            c_total += c_step
+                h_low, h_high = curvature.bounds()
+            else:  # no Hessian: only the quadratic term's (1 − 2a) is known
+                curvature, h_low = None, torch.zeros_like(log_det)
+                h_high = h_low
+            low, high = potential.hessian_range(h_low, h_high)
+            step_pot = potential.scaled(jacobian_guard(low, high, self.jacobian_bounds))
+            if curvature is not None:
+                log_det = log_det + curvature.logdet(step_pot.c, step_pot.a)
+                low, high = step_pot.hessian_range(h_low, h_high)
+                e_min, e_max = 1 - high.max(), 1 - low.min()
+                eig = (e_min, e_max) if eig is None else (torch.minimum(eig[0], e_min),
+                                                          torch.maximum(eig[1], e_max))
+            x = (xs - step_pot.grad(xs, grad)).detach()
+            c_total = c_total + step_pot.c
+        self._eig = eig
         return x, log_det, c_total
 
     def _delta(self, before: Energy, after: EnergyModel, xs: Tensor) -> tuple[Tensor, Tensor]:
@@ -269,7 +311,8 @@ class ParticleSampler(Sampler):
         self.grad_evals += 2 * xs.shape[0] * (dim if exact else self.n_probes)
         if exact:
             return ExactCurvature.of(grad, xs)
-        return HutchinsonCurvature.of(grad, xs, self.n_probes)
+        self.grad_evals += 2 * xs.shape[0] * self.power_iters
+        return HutchinsonCurvature.of(grad, xs, self.n_probes, self.power_iters)
 
     def _exact_delta_from_loss(self, before: Energy, after: EnergyModel,
                                x: Tensor) -> tuple[Tensor, Tensor]:

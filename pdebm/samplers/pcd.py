@@ -29,7 +29,9 @@ class PCD(Sampler):
         reinit_prob: probability that a drawn chain restarts from noise.
         n_steps: Langevin steps ``K`` per training step.
         kernel: the Langevin kernel's settings (the ``langevin:`` node).
-        init, uniform_box: the noise chains start from (see :class:`~pdebm.samplers.sgld.SGLD`).
+        init, uniform_box: the noise chains start from (see :class:`~pdebm.samplers.sgld.SGLD`);
+            ``initial_base`` restarts from the base as it was at the first call (the authors'
+            ``baseline_toy.py``), not from the learnt base.
     """
 
     def __init__(self, n_samples: int = 1000, buffer_size: int = 10000, reinit_prob: float = 0.05,
@@ -41,22 +43,23 @@ class PCD(Sampler):
         check(buffer_size >= n_samples,
               f"sampler.buffer_size ({buffer_size}) must be >= sampler.n_samples ({n_samples})")
         check(0 <= reinit_prob <= 1, f"sampler.reinit_prob must be in [0, 1], got {reinit_prob}")
-        one_of("sampler.init", init, NOISE_INITS)
+        one_of("sampler.init", init, (*NOISE_INITS, "initial_base"))
         self.kernel = LangevinConfig.from_settings(n_steps, kernel, allow_zero_steps=False)
         self.n_samples, self.buffer_size, self.reinit_prob = n_samples, buffer_size, reinit_prob
         self.init, self.uniform_box = init, tuple(uniform_box)
         self.buffer: Tensor | None = None
+        self.base0: tuple[Tensor, Tensor] | None = None  # (μ, log σ) at the first call
         self._accept: float | None = None
         self._reinit_frac = 0.0
 
     def negatives(self, energy: EnergyModel) -> tuple[Tensor, Tensor]:
         if self.buffer is None:
-            self.buffer = initial_noise(energy, self.buffer_size, self.init, self.uniform_box)
+            self.buffer = self._noise(energy, self.buffer_size)
         idx = torch.randperm(self.buffer_size, device=self.buffer.device)[: self.n_samples]
         x0 = self.buffer[idx]
         fresh = torch.rand(self.n_samples, device=x0.device) < self.reinit_prob
         if fresh.any():
-            noise = initial_noise(energy, int(fresh.sum()), self.init, self.uniform_box)
+            noise = self._noise(energy, int(fresh.sum()))
             x0 = x0.clone()
             x0[fresh] = noise
         out = langevin(energy, x0, self.kernel)
@@ -65,6 +68,14 @@ class PCD(Sampler):
         self._accept, self._reinit_frac = out.accept_rate, float(fresh.float().mean())
         return out.x, uniform_log_weights(out.x)
 
+    def _noise(self, energy: EnergyModel, n: int) -> Tensor:
+        if self.init != "initial_base":
+            return initial_noise(energy, n, self.init, self.uniform_box)
+        if self.base0 is None:
+            self.base0 = (energy.base.mu.detach().clone(), energy.base.log_sigma.detach().clone())
+        mu, log_sigma = self.base0
+        return mu + log_sigma.exp() * torch.randn((n, *mu.shape), device=mu.device)
+
     def stats(self) -> dict[str, float]:
         s = {"reinit_frac": self._reinit_frac}
         if self._accept is not None:
@@ -72,8 +83,8 @@ class PCD(Sampler):
         return s
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "buffer": self.buffer}
+        return {**super().state_dict(), "buffer": self.buffer, "base0": self.base0}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.buffer = state["buffer"]
+        self.buffer, self.base0 = state["buffer"], state.get("base0")

@@ -2,10 +2,11 @@
 written once and tested.
 
 - effective sample size ``ESS = (Σw)² / Σw²`` and systematic resampling;
-- ``log |det ∇T|`` of the transport ``T(x) = x − c∇ₓδE(x)``, whose Jacobian is
-  ``I − c∇²δE``: exactly from the per-particle Hessian in low dimension
+- ``log |det ∇T|`` of the transport ``T(x) = x − ∇φ(x)`` with ``φ = c·δE + bᵀx + a|x − x̄|²``,
+  whose Jacobian is ``(1 − 2a)I − c∇²δE``: exactly from the per-particle Hessian in low dimension
   (:class:`ExactCurvature`), or from Hutchinson probes in high dimension
-  (:class:`HutchinsonCurvature`).
+  (:class:`HutchinsonCurvature`, biased through Jensen's inequality: see there);
+- the Jacobian guard that keeps the eigenvalues of ``∇T`` in ``[lo, hi]``.
 
 Hessians are taken of a batched gradient ``g = ∇ₓδE(x)`` built with ``create_graph=True``; the
 energies treat particles independently, so differentiating ``Σ_i g_i[j]`` with respect to the
@@ -22,10 +23,16 @@ import torch
 from torch import Tensor
 
 
-def ess(log_w: Tensor) -> float:
-    """Effective sample size ``(Σw)² / Σw²`` of unnormalised log-weights (between 1 and N)."""
+def effective_sample_size(log_w: Tensor) -> Tensor:
+    """Effective sample size ``(Σw)² / Σw²`` of unnormalised log-weights (between 1 and N), as a
+    float64 device scalar."""
     log_w = log_w.double()
-    return float(torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)))
+    return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
+
+
+def ess(log_w: Tensor) -> float:
+    """:func:`effective_sample_size` as a Python float."""
+    return float(effective_sample_size(log_w))
 
 
 def logmeanexp(log_w: Tensor) -> Tensor:
@@ -67,8 +74,8 @@ def hessian(grad: Tensor, x: Tensor) -> Tensor:
 class ExactCurvature:
     """The eigenvalues ``λ`` of each particle's Hessian ``∇²δE``, shape ``(N, d)``.
 
-    ``log det(I − c∇²δE) = Σ log(1 − cλ)``; the transport is a local diffeomorphism while
-    ``c · max λ < 1``, so :meth:`bound` is the largest eigenvalue.
+    The transport of a potential ``φ = c·δE + bᵀx + a|x − x̄|²`` has
+    ``∇T = (1 − 2a)I − c∇²δE``, so ``log det ∇T = Σ log(1 − 2a − cλ)``.
     """
 
     eigenvalues: Tensor
@@ -78,49 +85,93 @@ class ExactCurvature:
         h = hessian(grad, x).double()
         return cls(torch.linalg.eigvalsh(0.5 * (h + h.mT)))
 
-    def bound(self) -> Tensor:
-        return self.eigenvalues[:, -1]
+    def bounds(self) -> tuple[Tensor, Tensor]:
+        """Per-particle smallest and largest eigenvalue of ``∇²δE``."""
+        return self.eigenvalues[:, 0], self.eigenvalues[:, -1]
 
-    def logdet(self, c: float) -> Tensor:
-        return torch.log1p(-c * self.eigenvalues).sum(1)
+    def logdet(self, c: Tensor | float, a: Tensor | float = 0.0) -> Tensor:
+        """``log|det((1 − 2a)I − c∇²δE)|`` per particle (the guard keeps the argument > 0)."""
+        return torch.log((1 - 2 * a - c * self.eigenvalues).abs()).sum(1)
 
 
 @dataclass
 class HutchinsonCurvature:
     """Rademacher probes ``z`` of each particle's Hessian ``H = ∇²δE``: ``zᵀHz`` and
-    ``|Hz|²``, shape ``(N, P)``.
+    ``|Hz|²``, shape ``(N, P)``, and a power-iteration estimate ``ρ`` of the spectral radius.
 
-    They are unbiased estimates of ``tr H`` and ``tr H² = ‖H‖_F²``, which give the series
-    ``log det(I − cH) = −c tr H − (c²/2) tr H² − O(c³)`` to second order (both terms from the
-    same Hessian-vector products). ``‖H‖_F`` bounds every eigenvalue and controls the neglected
-    terms, so it is the :meth:`bound` used to keep ``c‖H‖ < 1``.
+    ``zᵀHz`` and ``|Hz|²`` are unbiased estimates of ``tr H`` and ``tr H² = ‖H‖_F²``, which give
+    ``log det(sI − cH) = d log s − (c/s) tr H − ½(c/s)² tr H² − O((c/s)³)`` to second order
+    (both terms from the same Hessian-vector products).
+
+    **Bias of the weights.** The log-determinant estimate is unbiased for these two series
+    terms, but the weights use ``exp`` of it: by Jensen, ``E[exp(ℓ̂)] ≥ exp(E ℓ̂)`` (about
+    ``exp(½ Var ℓ̂)`` for Gaussian noise), so particles whose probe happened to be large gain
+    weight they should not have, and the series truncation adds an ``O(c³‖H‖³)`` error. Both
+    shrink with more probes and smaller steps; neither is corrected. The weighted estimates are
+    therefore consistent only as ``n_probes → ∞``; the exact Hessian (low dimension) has no
+    such bias.
+
+    **The guard's bound.** One probe's ``|Hz|`` is not a bound on ``|λ|_max`` (it estimates
+    ``‖H‖_F`` with a large variance). ``ρ`` comes from ``power_iters`` power iterations
+    ``v ← Hv/|Hv|`` started at the first probe: ``|Hv|`` for a unit ``v`` is a lower bound of
+    the spectral radius that converges to it geometrically (at the ratio of the two largest
+    ``|λ|``). The guard uses ``[−ρ, ρ]`` for the eigenvalues of ``H``.
     """
 
     quad: Tensor
     sq_norm: Tensor
+    radius: Tensor | None = None
+    dim: int = 0
 
     @classmethod
-    def of(cls, grad: Tensor, x: Tensor, n_probes: int) -> "HutchinsonCurvature":
-        quad, sq_norm = [], []
+    def of(cls, grad: Tensor, x: Tensor, n_probes: int,
+           power_iters: int = 0) -> "HutchinsonCurvature":
+        quad, sq_norm, first = [], [], None
         for _ in range(n_probes):
             z = torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1
             hz = _grad_or_zeros((grad * z).sum(), x)
             quad.append((z * hz).flatten(1).sum(1))
             sq_norm.append(hz.pow(2).flatten(1).sum(1))
-        return cls(torch.stack(quad, 1).double(), torch.stack(sq_norm, 1).double())
+            first = (z, hz) if first is None else first
+        radius = None
+        if power_iters > 0:
+            z, hv = first
+            shape = (-1, *([1] * (x.dim() - 1)))
+            # |Hz|/|z| is the first iterate's estimate; continue from v = Hz/|Hz|
+            radius = hv.flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1)
+            for _ in range(power_iters):
+                norm = hv.flatten(1).norm(dim=1)
+                v = hv / norm.clamp_min(1e-30).view(shape)
+                hv = _grad_or_zeros((grad * v).sum(), x)
+                radius = torch.where(norm > 0, hv.flatten(1).norm(dim=1), torch.zeros_like(norm))
+            radius = radius.detach().double()
+        return cls(torch.stack(quad, 1).double(), torch.stack(sq_norm, 1).double(), radius,
+                   x[0].numel())
 
-    def bound(self) -> Tensor:
-        return self.sq_norm.mean(1).sqrt()
+    def bounds(self) -> tuple[Tensor, Tensor]:
+        """``[−ρ, ρ]`` per particle (``ρ = ‖H‖_F`` estimate when no power iteration was run)."""
+        rho = self.radius if self.radius is not None else self.sq_norm.mean(1).sqrt()
+        return -rho, rho
 
-    def logdet(self, c: float) -> Tensor:
-        return -c * self.quad.mean(1) - 0.5 * c**2 * self.sq_norm.mean(1)
+    def logdet(self, c: Tensor | float, a: Tensor | float = 0.0) -> Tensor:
+        """Second-order estimate of ``log det((1 − 2a)I − cH)`` per particle."""
+        s = 1 - 2 * a
+        k = c / s
+        log_s = torch.log(torch.as_tensor(s, dtype=torch.float64).abs())
+        return self.dim * log_s - k * self.quad.mean(1) - 0.5 * k**2 * self.sq_norm.mean(1)
 
 
 Curvature = Union[ExactCurvature, HutchinsonCurvature]
 
 
-def safe_coefficient(bound: Tensor, floor: float) -> float:
-    """The largest ``c`` with ``1 − c·bound_i ≥ floor`` at every particle (``inf`` when no
-    particle's curvature limits it): every eigenvalue of ``∇T = I − c∇²δE`` stays ≥ ``floor``."""
-    top = float(bound.max())
-    return (1.0 - floor) / top if top > 0 else math.inf
+def jacobian_guard(hess_low: Tensor, hess_high: Tensor, bounds: tuple[float, float]) -> Tensor:
+    """The largest factor ``α ∈ [0, 1]`` such that every eigenvalue of ``I − α∇²φ`` lies in
+    ``[lo, hi]`` at every particle, given per-particle bounds ``[hess_low, hess_high]`` on the
+    eigenvalues of ``∇²φ``. A device scalar (no host synchronisation)."""
+    lo, hi = bounds
+    top, bottom = hess_high.max(), hess_low.min()
+    tiny = torch.finfo(top.dtype).tiny
+    one = torch.ones((), dtype=top.dtype, device=top.device)
+    shrink = torch.where(top > 0, (1 - lo) / top.clamp_min(tiny), one)      # 1 − α·top ≥ lo
+    stretch = torch.where(bottom < 0, (hi - 1) / (-bottom).clamp_min(tiny), one)  # 1 − α·bottom ≤ hi
+    return torch.clamp(torch.minimum(shrink, stretch), max=1.0)
