@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pdebm.errors import check, positive
+from pdebm.errors import check, one_of, positive
 
 BASIS_LINEAR_MAX_DIM = 10
 """``field: basis`` includes the ``d`` linear terms ``x_j`` up to this data dimension."""
@@ -182,7 +182,7 @@ FIELDS = ("gradient", "optimal", "basis", "none")
 
 def make_field(name: str, max_displacement: float) -> TransportField | None:
     """The field called ``name`` (``None`` for ``none``: no transport)."""
-    check(name in FIELDS, f"sampler.field={name!r} is not one of {list(FIELDS)}")
+    one_of("sampler.field", name, FIELDS)
     positive("sampler.max_displacement", max_displacement)
     if name == "gradient":
         return GradientField()
