@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pdebm.errors import check, one_of, positive
+from pdebm.errors import one_of, positive
 
 BASIS_LINEAR_MAX_DIM = 10
 """``field: basis`` includes the ``d`` linear terms ``x_j`` up to this data dimension."""
