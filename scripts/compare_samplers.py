@@ -19,6 +19,8 @@ Examples:
       --samplers particle_paper particle pcd sgld exact --seeds 0 1 2 --mode steps
   python scripts/compare_samplers.py --preset fast_2d --datasets all --seeds 0   # all eight
   python scripts/compare_samplers.py --preset paper_2d --mode budget --steps 2000
+  python scripts/compare_samplers.py --samplers particle "particle:field=basis" \
+      "particle:field=basis,weights=false" pcd      # variants: OPTION:key=value,... (sampler keys)
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ sys.path.insert(0, str(ROOT))
 
 DATASETS_2D = ["8gaussians", "checkerboard", "2spirals", "rings", "pinwheel", "swissroll",
                "circles", "moons"]
+
+
+def sampler_overrides(spec: str) -> list[str]:
+    """``particle:field=basis,weights=false`` -> ``sampler=particle sampler.field=basis
+    sampler.weights=false``: a sampler option with some of its own keys changed (a table row)."""
+    name, _, keys = spec.partition(":")
+    return [f"sampler={name}"] + [f"sampler.{kv}" for kv in keys.split(",") if kv]
 
 
 def run_job(job: dict) -> dict:
@@ -91,8 +100,8 @@ def costless(result: dict) -> bool:
 
 def table(dataset: str, results: list[dict], samplers: list[str]) -> str:
     rows = [f"### {dataset}", "",
-            "| sampler | test NLL (nats) | gap to exact | lag KL | lag floor | MMD² | sampler ∇E evals | wall-clock (s) | steps |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| sampler | test NLL (nats) | gap to exact | lag KL | lag floor | lag floor (ESS) | MMD² | sampler ∇E evals | wall-clock (s) | steps |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     by = {s: [r for r in results if r["dataset"] == dataset and r["sampler"] == s] for s in samplers}
     oracle = [r for rs in by.values() for r in rs if costless(r)]
     exact_nll = [r["final"]["test_nll"] for r in oracle]
@@ -106,7 +115,9 @@ def table(dataset: str, results: list[dict], samplers: list[str]) -> str:
                if exact_nll and not all(costless(r) for r in rs) else "–")
         steps = sorted({r["history"][-1]["step"] for r in rs})
         rows.append(f"| {s} | {fmt(nll)} | {gap} | {fmt([x['lag_kl'] for x in f])} | "
-                    f"{fmt([x['lag_kl_floor'] for x in f])} | {fmt([x['mmd2'] for x in f], 4)} | "
+                    f"{fmt([x['lag_kl_floor'] for x in f])} | "
+                    f"{fmt([x.get('lag_kl_floor_ess', x['lag_kl_floor']) for x in f])} | "
+                    f"{fmt([x['mmd2'] for x in f], 4)} | "
                     f"{statistics.median([x['sampler_grad_evals'] for x in f]):.3g} | "
                     f"{statistics.median([x['wall_clock_s'] for x in f]):.1f} | "
                     f"{'/'.join(str(s_) for s_ in steps)} |")
@@ -201,9 +212,9 @@ def main() -> None:
     for d in datasets:
         for s in args.samplers:
             for seed in args.seeds:
-                ov = [f"experiment={args.preset}", f"dataset={d}", f"sampler={s}", f"seed={seed}",
+                ov = [f"experiment={args.preset}", f"dataset={d}", *sampler_overrides(s), f"seed={seed}",
                       "progress=false", "num_threads=1", *args.overrides]
-                if args.mode == "budget" and s != "exact":
+                if args.mode == "budget" and not s.startswith("exact"):
                     ov += [f"steps={100 * steps}", f"budget={int(budget)}"]
                 else:
                     ov.append(f"steps={steps}")

@@ -79,3 +79,11 @@ def test_cost_lines_against_pcd_final_and_best():
 
     slow = _result("particle", [4.0, 3.9, 3.8, 3.7], 10)
     assert "does not reach PCD's final NLL" in t("d", [slow, pcd], ["particle", "pcd"])
+
+
+def test_sampler_variant_spec_becomes_sampler_overrides():
+    """`OPTION:key=value,...` rows run an option with some of its keys changed."""
+    sampler_overrides = _load_script().sampler_overrides
+    assert sampler_overrides("pcd") == ["sampler=pcd"]
+    assert sampler_overrides("particle:field=basis,weights=false") == [
+        "sampler=particle", "sampler.field=basis", "sampler.weights=false"]
