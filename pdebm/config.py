@@ -29,9 +29,30 @@ def sweep_subdir(override_dirname: str, seed: int) -> str:
     return f"{override_dirname},seed={seed}" if override_dirname else f"seed={seed}"
 
 
+def run_name(time: str, dataset: str = "", sampler: str = "", overrides: str = "",
+             seed: int | None = None) -> str:
+    """Name of a single run's directory: ``<HH-MM-SS.mmm>_<dataset>,<sampler>,<overrides>,seed=N``
+    (or only the time, for a sweep's root). ``time`` comes as ``%H-%M-%S.%f`` and is cut to
+    milliseconds; the CLI creates the directory exclusively, so equal names get a ``-2`` suffix."""
+    import re
+
+    stamp = time[:-3] if "." in time else time
+    if not dataset:
+        return stamp
+    rest = re.sub(r"(^|,)(dataset|sampler)=[^,]*", "", overrides).strip(",")
+    parts = [dataset, sampler, *([rest] if rest else []), *([f"seed={seed}"] if seed is not None else [])]
+    name = f"{stamp}_{','.join(p for p in parts if p)}"
+    if len(name) > 160:  # file names stop at 255 bytes: cut, and keep runs apart by a hash
+        import hashlib
+        name = f"{name[:150]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("pdebm_subdir"):
         OmegaConf.register_new_resolver("pdebm_subdir", sweep_subdir)
+    if not OmegaConf.has_resolver("pdebm_run_name"):
+        OmegaConf.register_new_resolver("pdebm_run_name", run_name)
 
 
 def instantiate(node, **kwargs):
