@@ -73,7 +73,8 @@ def preflight(config_name: str, args: list[str]) -> Plan:
     try:
         parsed = parser.parse_overrides(positional)
     except HydraException as e:
-        raise ConfigError(f"cannot parse overrides: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"cannot parse overrides: {str(e).splitlines()[0]} (quote a value that "
+                          "holds '=', ',' or spaces: key=\"'a=b,c'\")") from None
     # steps=1e3 -> steps=1000: integer keys given as integral floats, rewritten on the override
     # itself so that the saved config, the directory name and the progress bar all say 1000.
     rewritten = [_coerce(o) for o in parsed]
@@ -180,10 +181,11 @@ def _compose_and_check(config_name: str, jobs, multirun: bool) -> list:
                                   return_hydra_config=True)
                     if config_name == "train":
                         _check_train(cfg)
-                except (HydraException, OmegaConfBaseException) as e:
-                    raise ConfigError(where + describe(e, overrides)) from None
                 except ConfigError as e:
                     raise ConfigError(where + str(e)) from None
+                except (HydraException, OmegaConfBaseException, ValueError, TypeError,
+                        KeyError) as e:
+                    raise ConfigError(where + describe(e, overrides)) from None
                 cfgs.append(cfg)
     finally:
         GlobalHydra.instance().clear()
