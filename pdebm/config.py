@@ -72,7 +72,7 @@ def instantiate(node, **kwargs):
             cause = cause.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
-        first = str(e).splitlines()[0]
+        first = str(cause or e).strip().splitlines()[0]  # the cause: "unexpected keyword 'foo'"
         raise ConfigError(f"cannot build {node.get('_target_', '?')}: {first}") from None
 
 

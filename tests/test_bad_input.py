@@ -49,6 +49,8 @@ BAD = [
     (["eval.resolution=40", "eval.lag_bins=50"], "too coarse for eval.lag_bins=50"),
     (["eval.lag_bins=1"], "eval.lag_bins must be >= 2, got 1"),
     (["stepz=3"], "unknown config key 'stepz'"),
+    (["+sampler.foo=1"], "got an unexpected keyword argument 'foo'"),
+    (["=3"], "pdebm: error: "),
     (["sampler=sgld", "sampler.n_steps=0"], "sampler.n_steps must be > 0, got 0"),
     (["-m", "steps=50,-1"], "sweep job 1 of 2 (steps=-1): steps must be > 0, got -1"),
     (["-m", "steps=-1,50"], "sweep job 0 of 2 (steps=-1): steps must be > 0, got -1"),
