@@ -37,7 +37,7 @@ examples:
   tensorboard --logdir outputs
 """
 
-COMMANDS = {"train": ("pdebm.train", "train"), "eval": ("pdebm.evaluate", "eval")}
+COMMANDS = {"train": ("pdebm.train", "train"), "eval": ("pdebm.eval", "eval")}
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
@@ -57,10 +57,9 @@ def preflight(config_name: str, args: list[str]) -> Plan:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from pdebm.config import register_resolvers
+    import pdebm.config  # noqa: F401  (registers pdebm's resolvers on import)
     from pdebm.errors import ConfigError
 
-    register_resolvers()
     if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
         return Plan(list(args))  # --help, --cfg, --info ...: Hydra handles those itself
     multirun = any(a in MULTIRUN_FLAGS for a in args)
@@ -358,7 +357,9 @@ def describe(e: Exception, overrides: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     from pdebm.errors import ConfigError
+    from pdebm.stop import STOP
 
+    STOP.install()  # from here on a signal ends in one line, never a traceback (pdebm/stop.py)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

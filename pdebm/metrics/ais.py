@@ -1,5 +1,5 @@
 """Annealed importance sampling (AIS, Neal 2001) of ``log Z`` of an energy model, and the test
-log-likelihood in nats and bits/dim built on it (evaluation.md, "Images").
+log-likelihood in nats and bits/dim built on it (docs/evaluation.md, "Images").
 
 Path: from the model's own normalised Gaussian base ``p₀ = N(μ, diag σ²)`` to the model,
 ``p_β ∝ N_base(x)^(1−β)·exp(−E(x))^β``, i.e. intermediate energies
