@@ -18,11 +18,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pdebm import checkpoint, validate
-from pdebm.config import instantiate
+from pdebm.checkpoint_diff import mismatch_message
+from pdebm.config import instantiate, job_config  # noqa: F401  (job_config: also imported from here)
 from pdebm.data.base import Dataset
 from pdebm.energy.base import EnergyModel
 from pdebm.errors import ConfigError, check, positive
 from pdebm.monitor import Monitor
+from pdebm.resume import refusal
 from pdebm.samplers.base import Sampler
 
 
@@ -84,6 +86,9 @@ def build(cfg: DictConfig) -> Run:
     validate.coerce_integers(cfg)  # configs composed outside the CLI (tests, scripts)
     validate.validate(cfg)
     state = checkpoint.load(cfg.resume) if cfg.resume else None
+    if state is not None:  # only safe keys (more steps, logging periods) may differ
+        why = refusal(state.get("config"), job_config(cfg))
+        check(why is None, why or "")
     device = resolve_device(cfg.device)
     set_threads(cfg.num_threads)
     seed_everything(cfg.seed)
@@ -124,12 +129,6 @@ def state_dict(run: Run) -> dict[str, Any]:
     }
 
 
-def job_config(cfg: DictConfig) -> dict[str, Any]:
-    """The run's own settings as plain data (without the ``hydra`` node tests may carry)."""
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
-                                  resolve=True)
-
-
 def restore(run: Run, state: dict[str, Any]) -> None:
     try:
         run.energy.load_state_dict(state["energy"])
@@ -138,7 +137,10 @@ def restore(run: Run, state: dict[str, Any]) -> None:
         run.sampler.load_state_dict(_to(state["sampler"], run.device))
         run.dataset.load_state_dict(state["dataset"])
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        raise ConfigError(f"checkpoint does not match this config: {str(e).splitlines()[0]}") from None
+        current = {"energy": run.energy.state_dict(), "optimizer": run.optimizer.state_dict(),
+                   "sampler": run.sampler.state_dict(), "dataset": run.dataset.state_dict()}
+        raise ConfigError(mismatch_message(state.get("config"), job_config(run.cfg), state,
+                                           current, e)) from None
     run.step, run.wall_clock = int(state["step"]), float(state["wall_clock"])
     run.history = list(state.get("history", []))
     rng = state["rng"]

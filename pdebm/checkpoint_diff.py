@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 # Keys a resumed run may change without changing what it computes (phase B of issue 12 refuses
 # any other difference when `resume=` is combined with overrides).
 SAFE_KEYS = ("steps", "budget", "log_every", "eval_every", "ckpt_every", "progress", "device",
-             "num_threads", "resume")
+             "num_threads", "divergence", "resume")
 MAX_SHOWN = 4  # differences listed in the one line; the rest are counted
 
 

@@ -85,6 +85,10 @@ def preflight(config_name: str, args: list[str]) -> Plan:
         o = sweeps[0]
         raise ConfigError(f"{o.input_line} gives several values: use -m to sweep "
                           f"(pdebm {_command(config_name)} -m {o.input_line}), or give one value")
+    resumed = _resume(parsed, multirun) if config_name == "train" else None
+    if resumed is not None:
+        positional = resumed.overrides
+        parsed = parser.parse_overrides(positional)
     try:
         jobs = _jobs(parsed)
     except HydraException as e:
@@ -92,9 +96,49 @@ def preflight(config_name: str, args: list[str]) -> Plan:
     cfgs = _compose_and_check(config_name, jobs, multirun)
     plan = Plan([*(["-m"] if multirun else []), *positional])
     plan.warnings = _unread(config_name, parsed)
+    if resumed is not None:
+        from pdebm.config import job_config
+        from pdebm.resume import refusal
+
+        why = refusal(resumed.config, job_config(cfgs[0]))
+        if why:
+            raise ConfigError(why)
     if config_name == "train":
-        _claim_output_dir(plan, cfgs[0], parsed, multirun)
+        _claim_output_dir(plan, cfgs[0], parsed, multirun,
+                          resumed.run if resumed is not None and resumed.own else None)
     return plan
+
+
+@dataclass
+class Resumed:
+    """A ``resume=`` request: the overrides to compose (the run's own, the user's safe ones, the
+    checkpoint), the checkpoint's config, and the run directory it continues in."""
+
+    overrides: list[str]
+    config: dict | None
+    run: Path
+    own: bool  # the run was launched by the command: its overrides are known, continue in place
+
+
+def _resume(parsed, multirun: bool) -> Resumed | None:
+    """Read the checkpoint named by ``resume=`` (a run directory or a checkpoint file)."""
+    from pdebm import checkpoint
+    from pdebm.errors import ConfigError
+    from pdebm.resume import merged_overrides, original_overrides, run_dir_of
+
+    given = [o for o in parsed if o.get_key_element().lstrip("+") == "resume"]
+    if not given or given[-1].value() in (None, "null"):
+        return None
+    if multirun:
+        raise ConfigError("resume= continues one run, not a sweep: resume each job's directory "
+                          "with its own `pdebm train resume=<job dir>`")
+    ckpt = checkpoint.resolve(str(given[-1].value()))
+    state = checkpoint.load(ckpt)
+    run = run_dir_of(ckpt.resolve())
+    mine = [o.input_line for o in parsed if o.get_key_element().lstrip("+") != "resume"]
+    original = original_overrides(run)
+    overrides = merged_overrides(original or [], mine) + [f"resume={quote(str(ckpt))}"]
+    return Resumed(overrides, state.get("config"), run, original is not None)
 
 
 def _command(config_name: str) -> str:
@@ -227,10 +271,11 @@ def _unread(config_name: str, parsed) -> list[str]:
     return unread_keys(added, [*known, *GROUPS])
 
 
-def _claim_output_dir(plan: Plan, cfg, parsed, multirun: bool) -> None:
+def _claim_output_dir(plan: Plan, cfg, parsed, multirun: bool, resumed: Path | None = None) -> None:
     """Create the run's (or sweep's) directory before Hydra does: exclusively when its name
     comes from the config (a ``-2``, ``-3`` ... suffix if taken), as given when the user set
-    ``hydra.run.dir`` / ``hydra.sweep.dir``; then check that it is writable."""
+    ``hydra.run.dir`` / ``hydra.sweep.dir``; then check that it is writable. A resumed run
+    continues in its own directory ``resumed`` (never removed on failure)."""
     from hydra.core.utils import setup_globals
     from omegaconf import OmegaConf
 
@@ -240,8 +285,13 @@ def _claim_output_dir(plan: Plan, cfg, parsed, multirun: bool) -> None:
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = any(o.get_key_element().lstrip("+") == key for o in parsed)
     path = Path(str(OmegaConf.select(cfg, key)))
+    if resumed is not None:
+        given, path = True, resumed
+        plan.args.append(f"{key}={quote(str(path))}")
     try:
-        if given:
+        if resumed is not None:
+            pass
+        elif given:
             plan.created = _makedirs(path)
         else:
             path, plan.created = claim(path)

@@ -88,6 +88,13 @@ def innermost(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(lines)}" if lines else type(e).__name__
 
 
+def job_config(cfg) -> dict:
+    """The run's own settings as plain data (without the ``hydra`` node): what a checkpoint
+    stores as ``config`` and what a resume is compared against."""
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
+                                  resolve=True)
+
+
 def compose_config(overrides: list[str], run_dir: str | Path | None = None,
                    config_name: str = "train"):
     """Compose the config tree with overrides, outside the CLI (tests, benchmark scripts), and

@@ -106,6 +106,8 @@ def validate(cfg: Any) -> None:
     check(cfg.resume is None or (isinstance(cfg.resume, str) and cfg.resume != ""),
           f"resume must be a checkpoint file or run directory, got {_show(cfg.resume)}")
     check(isinstance(cfg.progress, bool), f"progress must be true or false, got {_show(cfg.progress)}")
+    number("divergence.energy_factor", cfg.divergence.energy_factor, low=1, nullable=True)
+    number("divergence.nll_margin", cfg.divergence.nll_margin, low=0, nullable=True)
     validate_eval(cfg.eval)
 
 
