@@ -90,7 +90,7 @@ def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
     if not watch.ok:
         bar.close()
         log.close()
-        raise TrainingDiverged(ckpts.diverged(watch.reason))
+        raise diverged(ckpts.diverged(watch.reason))
     # The last checkpoint first (so that continuing it equals never having stopped), then the
     # final evaluation on fresh negatives of the final model, then the HParams entry.
     ckpts.save(state_dict(run))
@@ -111,13 +111,18 @@ def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
     watch.after_eval(run.step, final)
     if not watch.ok:
         log.close()
-        raise TrainingDiverged(ckpts.diverged(watch.reason))
+        raise diverged(ckpts.diverged(watch.reason))
     ckpts.confirm(run.step)
     final = {**final, "sampler_grad_evals": float(run.sampler.grad_evals),
              "wall_clock_s": run.wall_clock}
     log.finish(final)
     logger.info("done in %s: %s", out, summary(final, every=True))
     return final
+
+
+def diverged(message: str) -> TrainingDiverged:
+    logger.info(message)  # the record in train.log; the CLI prints the same line
+    return TrainingDiverged(message)
 
 
 def summary(metrics: dict[str, float], every: bool = False) -> str:
