@@ -17,12 +17,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pdebm import checkpoint
-from pdebm.config import instantiate
+from pdebm import checkpoint, validate
+from pdebm.checkpoint_diff import mismatch_message
+from pdebm.config import instantiate, job_config  # noqa: F401  (job_config: also imported from here)
 from pdebm.data.base import Dataset
 from pdebm.energy.base import EnergyModel
 from pdebm.errors import ConfigError, check, positive
 from pdebm.monitor import Monitor
+from pdebm.resume import refusal
 from pdebm.samplers.base import Sampler
 
 
@@ -70,23 +72,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Top-level settings; the groups' own values are checked by their constructors."""
-    positive("steps", cfg.steps)
-    if cfg.budget is not None:
-        positive("budget", cfg.budget)
-    positive("batch_size", cfg.batch_size)
-    positive("lr", cfg.lr)
-    positive("log_every", cfg.log_every)
-    positive("eval_every", cfg.eval_every)
-    positive("ckpt_every", cfg.ckpt_every, allow_zero=True)
-    positive("energy_reg", cfg.energy_reg, allow_zero=True)
-    if cfg.grad_clip is not None:
-        positive("grad_clip", cfg.grad_clip)
-    check(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas),
-          f"betas must be two numbers in [0, 1), got {list(cfg.betas)}")
-
-
 def build_data_and_energy(cfg: DictConfig) -> tuple[Dataset, EnergyModel]:
     """The dataset (seeded by the run) and the energy, with the values known only at run time
     (data shape and statistics) filled in; shared by training and ``pdebm eval``."""
@@ -98,8 +83,12 @@ def build_data_and_energy(cfg: DictConfig) -> tuple[Dataset, EnergyModel]:
 
 def build(cfg: DictConfig) -> Run:
     """Instantiate and validate everything; restore a checkpoint when ``resume`` is set."""
-    validate(cfg)
+    validate.coerce_integers(cfg)  # configs composed outside the CLI (tests, scripts)
+    validate.validate(cfg)
     state = checkpoint.load(cfg.resume) if cfg.resume else None
+    if state is not None:  # only safe keys (more steps, logging periods) may differ
+        why = refusal(state.get("config"), job_config(cfg))
+        check(why is None, why or "")
     device = resolve_device(cfg.device)
     set_threads(cfg.num_threads)
     seed_everything(cfg.seed)
@@ -140,12 +129,6 @@ def state_dict(run: Run) -> dict[str, Any]:
     }
 
 
-def job_config(cfg: DictConfig) -> dict[str, Any]:
-    """The run's own settings as plain data (without the ``hydra`` node tests may carry)."""
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
-                                  resolve=True)
-
-
 def restore(run: Run, state: dict[str, Any]) -> None:
     try:
         run.energy.load_state_dict(state["energy"])
@@ -154,7 +137,10 @@ def restore(run: Run, state: dict[str, Any]) -> None:
         run.sampler.load_state_dict(_to(state["sampler"], run.device))
         run.dataset.load_state_dict(state["dataset"])
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        raise ConfigError(f"checkpoint does not match this config: {str(e).splitlines()[0]}") from None
+        current = {"energy": run.energy.state_dict(), "optimizer": run.optimizer.state_dict(),
+                   "sampler": run.sampler.state_dict(), "dataset": run.dataset.state_dict()}
+        raise ConfigError(mismatch_message(state.get("config"), job_config(run.cfg), state,
+                                           current, e)) from None
     run.step, run.wall_clock = int(state["step"]), float(state["wall_clock"])
     run.history = list(state.get("history", []))
     rng = state["rng"]

@@ -43,3 +43,38 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     if missing:
         raise ConfigError(f"cannot read checkpoint {p}: not a pdebm checkpoint (missing {missing})")
     return state
+
+
+GOOD = "last_good.pt"
+
+
+class Checkpoints:
+    """``last.pt`` (what a resume continues) and ``last_good.pt``: the last checkpoint that a later
+    evaluation found sound (:mod:`pdebm.diverge`); a diverged state never overwrites it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.last, self.good = folder / LAST, folder / GOOD
+        self.good_step: int | None = None
+        self.pending: int | None = None   # step of last.pt, until an evaluation confirms it
+
+    def save(self, state: dict[str, Any]) -> None:
+        save(self.last, state)
+        self.pending = int(state["step"])
+
+    def confirm(self, step: int) -> None:
+        """An evaluation at ``step`` passed the watchdog: a ``last.pt`` written at or before it
+        becomes ``last_good.pt``."""
+        if self.pending is not None and self.pending <= step:
+            data = self.last.read_bytes()
+            atomic_write(self.good, lambda f: f.write(data))
+            self.good_step, self.pending = self.pending, None
+
+    def diverged(self, reason: str) -> str:
+        """The one-line divergence message, naming the checkpoint kept."""
+        if self.good.is_file():
+            kept = f"last good checkpoint: {self.good}" + (
+                f" (step {self.good_step})" if self.good_step is not None else "")
+        else:
+            kept = "no checkpoint had been confirmed by an evaluation yet"
+        return (f"training diverged: {reason}; {kept}; try a smaller lr or langevin.step_size, "
+                "or energy_reg > 0")

@@ -29,10 +29,31 @@ def sweep_subdir(override_dirname: str, seed: int) -> str:
     return f"{override_dirname},seed={seed}" if override_dirname else f"seed={seed}"
 
 
+def run_name(time: str, dataset: str = "", sampler: str = "", overrides: str = "",
+             seed: int | None = None) -> str:
+    """Name of a single run's directory: ``<HH-MM-SS.mmm>_<dataset>,<sampler>,<overrides>,seed=N``
+    (or only the time, for a sweep's root). ``time`` comes as ``%H-%M-%S.%f`` and is cut to
+    milliseconds; the CLI creates the directory exclusively, so equal names get a ``-2`` suffix."""
+    import re
+
+    stamp = time[:-3] if "." in time else time
+    if not dataset:
+        return stamp
+    rest = re.sub(r"(^|,)(dataset|sampler)=[^,]*", "", overrides).strip(",")
+    parts = [dataset, sampler, *([rest] if rest else []), *([f"seed={seed}"] if seed is not None else [])]
+    name = f"{stamp}_{','.join(p for p in parts if p)}"
+    if len(name) > 160:  # file names stop at 255 bytes: cut, and keep runs apart by a hash
+        import hashlib
+        name = f"{name[:150]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
+
+
 def register_resolvers() -> None:
     """Register pdebm's OmegaConf resolvers (idempotent; done once on import of this module)."""
     if not OmegaConf.has_resolver("pdebm_subdir"):
         OmegaConf.register_new_resolver("pdebm_subdir", sweep_subdir)
+    if not OmegaConf.has_resolver("pdebm_run_name"):
+        OmegaConf.register_new_resolver("pdebm_run_name", run_name)
 
 
 register_resolvers()
@@ -65,6 +86,13 @@ def innermost(e: BaseException) -> str:
         e = e.__cause__
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return f"{type(e).__name__}: {' '.join(lines)}" if lines else type(e).__name__
+
+
+def job_config(cfg) -> dict:
+    """The run's own settings as plain data (without the ``hydra`` node): what a checkpoint
+    stores as ``config`` and what a resume is compared against."""
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
+                                  resolve=True)
 
 
 def compose_config(overrides: list[str], run_dir: str | Path | None = None,

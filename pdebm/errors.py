@@ -23,4 +23,5 @@ def one_of(key: str, value, choices) -> None:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; reported in one line like a ConfigError."""
+    """The run blew up (non-finite loss, exploding energy or test NLL: :mod:`pdebm.diverge`);
+    reported in one line like a ConfigError, with exit status 1."""

@@ -18,6 +18,7 @@ from pdebm.build import Run, choice, job_config
 from pdebm.figures import close_figure
 from pdebm.io import atomic_write_text
 from pdebm.monitor import MonitorResult
+from pdebm.resume import purge_metrics
 from pdebm.step import StepOutput
 
 FINAL = "final_metrics.json"
@@ -26,12 +27,16 @@ FINAL = "final_metrics.json"
 class RunLog:
     """The sinks of one run directory ``out`` (created, with the composed ``config.yaml``)."""
 
-    def __init__(self, out: Path, cfg: DictConfig) -> None:
+    def __init__(self, out: Path, cfg: DictConfig, start_step: int = 0) -> None:
         out.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, out / "config.yaml")  # the composed config, also for runs outside Hydra
         self.out, self.cfg = out, cfg
-        self.writer = SummaryWriter(log_dir=str(out))
+        # A resumed run appends to its own directory: TensorBoard drops the events written after
+        # the checkpoint (purge_step), metrics.jsonl its rows from that step on.
+        self.writer = SummaryWriter(log_dir=str(out), purge_step=start_step or None)
         self.metrics_path = out / "metrics.jsonl"
+        purge_metrics(self.metrics_path, start_step)
+        self._hparams_start()
         self.fig_dir = out / "figures"
 
     def train_scalars(self, run: Run, step: StepOutput) -> None:
@@ -64,10 +69,19 @@ class RunLog:
             f.write(json.dumps(row) + "\n")
         return res.scalars
 
+    def _hparams_start(self) -> None:
+        """This run's HParams session (its settings). No experiment summary is written, so that
+        TensorBoard builds it from all runs: the keys that vary are marked ``differs`` and shown
+        first, and the metrics are the run's own scalar tags (``eval/test_nll`` ...), so no
+        ``hparam/*`` scalars are written."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        _, self._session_start, self._session_end = hparams_summary(hparams(self.cfg), {})
+        self.writer._get_file_writer().add_summary(self._session_start)
+
     def finish(self, final: dict[str, float]) -> None:
-        """The HParams entry, then ``final_metrics.json`` (atomically: whole or absent)."""
-        self.writer.add_hparams(hparams(self.cfg), {f"hparam/{k}": v for k, v in final.items()},
-                                run_name=".")
+        """The HParams session's end, then ``final_metrics.json`` (atomically: whole or absent)."""
+        self.writer._get_file_writer().add_summary(self._session_end)
         self.writer.close()
         atomic_write_text(self.out / FINAL, json.dumps(final, indent=2))
 
@@ -90,6 +104,9 @@ def hparams(cfg: DictConfig) -> dict[str, Any]:
         elif node is not None:
             flat[prefix] = str(node)
 
-    for key in ("seed", "steps", "batch_size", "lr", "energy_reg", "sampler", "energy"):
-        walk(key, cont[key])
+    cont["sampler"].pop("kernel", None)  # the shared kernel: logged once, as langevin.*
+    for key in ("seed", "steps", "budget", "batch_size", "lr", "weight_decay", "energy_reg",
+                "grad_clip", "dataset", "energy", "sampler", "langevin", "schedule"):
+        if key in cont:
+            walk(key, cont[key])
     return flat

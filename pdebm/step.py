@@ -50,8 +50,7 @@ def train_step(run: Trainable, x_data: Tensor, alpha: float = 0.0,
     t0 = time.perf_counter()
     loss, parts = loss_fn(run.energy, x_data, x_neg, log_w, alpha)
     if not math.isfinite(parts["loss"]):
-        raise TrainingDiverged(f"loss is {parts['loss']} at step {step}: training "
-                               "diverged (try a smaller lr or step size, or energy_reg > 0)")
+        raise TrainingDiverged(f"loss is {parts['loss']} at step {step + 1}")
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = (float(torch.nn.utils.clip_grad_norm_(run.energy.parameters(), grad_clip))

@@ -7,20 +7,26 @@ pieces live beside it: :mod:`pdebm.build` (the run's objects), :mod:`pdebm.step`
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
 import hydra
 from omegaconf import DictConfig
-from tqdm import tqdm
 
-from pdebm import checkpoint
 from pdebm.build import Run, build, choice, run_dir, state_dict
+from pdebm.checkpoint import Checkpoints
 from pdebm.config import CONFIG_DIR
+from pdebm.diverge import Watchdog
 from pdebm.errors import ConfigError, TrainingDiverged
+from pdebm.progress import Progress
+from pdebm.resume import continue_command
 from pdebm.runlog import RunLog
 from pdebm.step import train_step
 from pdebm.stop import STOP, StopRequest, signal_name
+
+
+logger = logging.getLogger("pdebm.train")  # records go to <run dir>/train.log
 
 
 def over_budget(run: Run) -> bool:
@@ -45,48 +51,84 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
     stop.wait_at("start")
     run = build(cfg)
-    log = RunLog(run_dir(cfg), cfg)
-    last = log.out / "checkpoints" / checkpoint.LAST
-    bar = tqdm(total=cfg.steps, initial=run.step, desc=f"train {choice(cfg, 'sampler')}",
-               disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
-    latest: dict[str, float] = {}
+    out = run_dir(cfg)
+    log = RunLog(out, cfg, start_step=run.step)
+    ckpts = Checkpoints(out / "checkpoints")
+    watch = Watchdog(cfg.divergence.energy_factor, cfg.divergence.nll_margin)
+    bar = Progress(cfg.steps, run.step, f"train {choice(cfg, 'sampler')}", cfg.progress)
+    logger.info("start in %s: dataset=%s sampler=%s steps=%d%s", out, choice(cfg, "dataset"),
+                choice(cfg, "sampler"), cfg.steps, f" (resumed at step {run.step})" if run.step else "")
 
     def record_eval(x_neg, log_w) -> None:  # the monitor sees the step's own negatives
-        latest.update(log.monitor(run, run.monitor(run.energy, x_neg, log_w, run.step,
-                                                   run.sampler.weighted)))
+        scalars = log.monitor(run, run.monitor(run.energy, x_neg, log_w, run.step,
+                                               run.sampler.weighted))
+        logger.info("step %d: %s", run.step, summary(scalars, every=True))
+        bar.evaluated(run.step, scalars)
+        watch.after_eval(run.step, scalars)
+        if watch.ok:
+            ckpts.confirm(run.step)
 
-    while run.step < cfg.steps and not over_budget(run) and stop.signal is None:
-        t0 = time.perf_counter()
-        x_data = run.dataset.train_batch(cfg.batch_size).to(run.device)
-        t_batch = time.perf_counter() - t0
-        out = train_step(run, x_data, alpha=float(cfg.energy_reg), grad_clip=cfg.grad_clip,
-                         step=run.step,
-                         monitor=record_eval if run.step % cfg.eval_every == 0 else None)
-        run.step += 1
-        run.wall_clock += t_batch + out.seconds
-        if run.step % cfg.log_every == 0 or run.step == cfg.steps:
-            log.train_scalars(run, out)
-        if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.steps:
-            checkpoint.save(last, state_dict(run))
-        bar.update(1)
-        bar.set_postfix(loss=f"{out.parts['loss']:.3f}",
-                        **({"nll": f"{latest['test_nll']:.3f}"} if "test_nll" in latest else {}))
-        stop.at_step(run.step)
-    bar.close()
+    try:
+        while run.step < cfg.steps and not over_budget(run) and stop.signal is None and watch.ok:
+            t0 = time.perf_counter()
+            x_data = run.dataset.train_batch(cfg.batch_size).to(run.device)
+            t_batch = time.perf_counter() - t0
+            out_step = train_step(run, x_data, alpha=float(cfg.energy_reg), grad_clip=cfg.grad_clip,
+                                  step=run.step,
+                                  monitor=record_eval if run.step % cfg.eval_every == 0 else None)
+            run.step += 1
+            run.wall_clock += t_batch + out_step.seconds
+            watch.after_step(run.step, out_step.parts)
+            if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+                log.train_scalars(run, out_step)
+            if watch.ok and cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.steps:
+                ckpts.save(state_dict(run))
+            bar.step(out_step.parts["loss"])
+            stop.at_step(run.step)
+    except TrainingDiverged as e:  # a non-finite loss, found before the optimizer step
+        watch.flag(str(e))
+    if not watch.ok:
+        bar.close()
+        log.close()
+        raise diverged(ckpts.diverged(watch.reason))
     # The last checkpoint first (so that continuing it equals never having stopped), then the
     # final evaluation on fresh negatives of the final model, then the HParams entry.
-    checkpoint.save(last, state_dict(run))
+    ckpts.save(state_dict(run))
     if stop.signal is not None:
+        bar.close()
         log.close()
-        stop.exit(f"pdebm: stopped by {signal_name(stop.signal)} at step {run.step}; checkpoint "
-                  f"written to {last} (continue with resume={last})")
+        message = (f"stopped by {signal_name(stop.signal)} at step {run.step}; checkpoint written "
+                   f"to {ckpts.last} (continue with: {continue_command(out)})")
+        logger.info(message)
+        stop.exit(f"pdebm: {message}")
+    logger.info("training ended at step %d (%s)", run.step,
+                "budget reached" if over_budget(run) else f"steps={cfg.steps} reached")
     stop.wait_at("final")
     x_neg, log_w = run.sampler.negatives(run.energy)
     final = log.monitor(run, run.monitor(run.energy, x_neg, log_w, run.step, run.sampler.weighted))
+    bar.evaluated(run.step, final)
+    bar.close()
+    watch.after_eval(run.step, final)
+    if not watch.ok:
+        log.close()
+        raise diverged(ckpts.diverged(watch.reason))
+    ckpts.confirm(run.step)
     final = {**final, "sampler_grad_evals": float(run.sampler.grad_evals),
              "wall_clock_s": run.wall_clock}
     log.finish(final)
+    logger.info("done in %s: %s", out, summary(final, every=True))
     return final
+
+
+def diverged(message: str) -> TrainingDiverged:
+    logger.info(message)  # the record in train.log; the CLI prints the same line
+    return TrainingDiverged(message)
+
+
+def summary(metrics: dict[str, float], every: bool = False) -> str:
+    keys = metrics if every else [k for k in ("test_nll", "lag_kl", "mmd2", "wall_clock_s")
+                                  if k in metrics]
+    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -97,9 +139,7 @@ def hydra_main(cfg: DictConfig) -> None:
     except (ConfigError, TrainingDiverged) as e:
         print(f"pdebm: error: {e}", file=sys.stderr)
         raise SystemExit(2 if isinstance(e, ConfigError) else 1) from None
-    summary = ", ".join(f"{k}={final[k]:.4g}" for k in ("test_nll", "lag_kl", "mmd2",
-                                                        "wall_clock_s") if k in final)
-    print(f"pdebm: done in {run_dir(cfg)}: {summary}", flush=True)
+    print(f"pdebm: done in {run_dir(cfg)}: {summary(final)}", flush=True)
     STOP.wait_at("teardown")
 
 

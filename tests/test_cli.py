@@ -34,7 +34,7 @@ def has_hparams(run_dir: Path) -> bool:
     for ev in run_dir.glob("events.out.tfevents.*"):
         acc = EventAccumulator(str(ev))
         acc.Reload()
-        if "_hparams_/experiment" in acc.summary_metadata or any(
+        if "_hparams_/session_start_info" in acc.summary_metadata or any(
                 "hparams" in t for t in acc.Tags().get("tensors", [])):
             return True
     return False
