@@ -19,7 +19,7 @@ from pdebm.build import Run, build, choice, run_dir, state_dict
 from pdebm.config import CONFIG_DIR
 from pdebm.errors import ConfigError, TrainingDiverged
 from pdebm.runlog import RunLog
-from pdebm.step import train_step
+from pdebm.step import DivergenceWatch, train_step
 from pdebm.stop import STOP, StopRequest, signal_name
 
 
@@ -55,23 +55,33 @@ def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
         latest.update(log.monitor(run, run.monitor(run.energy, x_neg, log_w, run.step,
                                                    run.sampler.weighted)))
 
+    watch = DivergenceWatch()  # non-finite losses, checked when numbers come to the host
+    out = None
     while run.step < cfg.steps and not over_budget(run) and stop.signal is None:
         t0 = time.perf_counter()
         x_data = run.dataset.train_batch(cfg.batch_size).to(run.device)
         t_batch = time.perf_counter() - t0
         out = train_step(run, x_data, alpha=float(cfg.energy_reg), grad_clip=cfg.grad_clip,
-                         step=run.step,
+                         step=run.step, watch=watch,
                          monitor=record_eval if run.step % cfg.eval_every == 0 else None)
         run.step += 1
         run.wall_clock += t_batch + out.seconds
-        if run.step % cfg.log_every == 0 or run.step == cfg.steps:
-            log.train_scalars(run, out)
-        if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.steps:
+        logging = run.step % cfg.log_every == 0 or run.step == cfg.steps
+        saving = cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.steps
+        if logging or saving:  # the step's numbers come to the host here only, in one transfer
+            t0 = time.perf_counter()
+            host = out.host()  # raises TrainingDiverged before a diverged state is saved
+            run.wall_clock += time.perf_counter() - t0  # the wait for the device is training time
+            if logging:
+                log.train_scalars(run, host)
+                bar.set_postfix(loss=f"{host['train/loss']:.3f}", **(
+                    {"nll": f"{latest['test_nll']:.3f}"} if "test_nll" in latest else {}))
+        if saving:
             checkpoint.save(last, state_dict(run))
         bar.update(1)
-        bar.set_postfix(loss=f"{out.parts['loss']:.3f}",
-                        **({"nll": f"{latest['test_nll']:.3f}"} if "test_nll" in latest else {}))
         stop.at_step(run.step)
+    if out is not None:
+        out.host()  # a divergence since the last transfer ends the run before its checkpoint
     bar.close()
     # The last checkpoint first (so that continuing it equals never having stopped), then the
     # final evaluation on fresh negatives of the final model, then the HParams entry.

@@ -121,6 +121,8 @@ class ParticleSampler(Sampler):
         reuse_loss_grad: take ``∇ₓE_{θ_k}`` from the trainer's backward (else a direct pass).
     """
 
+    needs_previous_energy = True  # update() transports by δE = E_{θ_{k+1}} − E_{θ_k}
+
     def __init__(self, n_samples: int = 1000, field: str = "optimal", delta: str = "exact",
                  max_displacement: float = 1.0, n_steps: int = 10,
                  kernel: Mapping[str, Any] | None = None, refresh: float = 0.0, init: str = "auto",
@@ -173,7 +175,7 @@ class ParticleSampler(Sampler):
         n = self.n_samples
         with torch.enable_grad():
             x, log_det, c = self._transport(energy_before, energy_after)
-        stats = {"c": c, "displacement": float((x - self.x).flatten(1).norm(dim=1).mean())}
+        stats = {"c": c, "displacement": (x - self.x).flatten(1).norm(dim=1).mean()}
         log_w = self.log_w
         if self.weighted:
             with torch.no_grad():

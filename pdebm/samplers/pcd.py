@@ -46,8 +46,8 @@ class PCD(Sampler):
         self.n_samples, self.buffer_size, self.reinit_prob = n_samples, buffer_size, reinit_prob
         self.init, self.uniform_box = init, tuple(uniform_box)
         self.buffer: Tensor | None = None
-        self._accept: float | None = None
-        self._reinit_frac = 0.0
+        self._accept: Tensor | None = None          # device scalars (no host sync per step)
+        self._reinit_frac: Tensor | float = 0.0
 
     def negatives(self, energy: EnergyModel) -> tuple[Tensor, Tensor]:
         if self.buffer is None:
@@ -55,18 +55,17 @@ class PCD(Sampler):
         idx = torch.randperm(self.buffer_size, device=self.buffer.device)[: self.n_samples]
         x0 = self.buffer[idx]
         fresh = torch.rand(self.n_samples, device=x0.device) < self.reinit_prob
-        if fresh.any():
-            noise = initial_noise(energy, int(fresh.sum()), self.init, self.uniform_box)
-            x0 = x0.clone()
-            x0[fresh] = noise
+        if self.reinit_prob > 0:  # a full noise draw and a device-side choice: no host sync
+            noise = initial_noise(energy, self.n_samples, self.init, self.uniform_box)
+            x0 = torch.where(fresh.view(-1, *([1] * (x0.dim() - 1))), noise, x0)
         out = langevin(energy, x0, self.kernel)
         self.buffer[idx] = out.x
         self.grad_evals += out.grad_evals
-        self._accept, self._reinit_frac = out.accept_rate, float(fresh.float().mean())
+        self._accept, self._reinit_frac = out.accept_rate, fresh.float().mean()
         return out.x, uniform_log_weights(out.x)
 
-    def stats(self) -> dict[str, float]:
-        s = {"reinit_frac": self._reinit_frac}
+    def stats(self) -> dict[str, Tensor | float]:
+        s: dict[str, Tensor | float] = {"reinit_frac": self._reinit_frac}
         if self._accept is not None:
             s["accept_rate"] = self._accept
         return s
