@@ -3,51 +3,21 @@ counted while ``train_step`` runs, by patching the Tensor methods that read one 
 ``tolist``, ``cpu``, ``numpy``, ``float()``, ``int()``, ``bool()``, ``index``). On the CPU these
 calls cost nothing, but each one is a ``cudaStreamSynchronize`` on a GPU.
 
-One exception is allowed and counted separately: ``torch.optim.Adam`` (``capturable=False``)
+One read is not counted (:mod:`pdebm.hostsync`): ``torch.optim.Adam`` (``capturable=False``)
 reads its step counter with ``item()``; that counter is a CPU tensor even for a CUDA model, so
 the read is not a device sync.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections import Counter
-
 import pytest
 import torch
 
 from pdebm.build import build
 from pdebm.config import compose_config
+from pdebm.hostsync import count_host_reads
 from pdebm.samplers.langevin import LangevinConfig, langevin
 from pdebm.step import DivergenceWatch, train_step
-
-READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
-HOST_SIDE = ("torch/optim/",)  # Adam's CPU step counter (see the module docstring)
-
-
-@contextlib.contextmanager
-def count_host_reads():
-    """Yields a Counter of ``method @ file:line`` for every host read of a tensor value."""
-    counts: Counter[str] = Counter()
-    originals = {name: getattr(torch.Tensor, name) for name in READS}
-
-    def wrap(name, fn):
-        def counted(self, *args, **kwargs):
-            frame = sys._getframe(1)
-            where = f"{frame.f_code.co_filename}:{frame.f_lineno}"
-            if not any(h in where.replace("\\", "/") for h in HOST_SIDE):
-                counts[f"{name} @ {where}"] += 1
-            return fn(self, *args, **kwargs)
-        return counted
-
-    for name, fn in originals.items():
-        setattr(torch.Tensor, name, wrap(name, fn))
-    try:
-        yield counts
-    finally:
-        for name, fn in originals.items():
-            setattr(torch.Tensor, name, fn)
 
 
 def test_counter_sees_the_reads_it_must_see():
