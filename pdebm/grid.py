@@ -161,6 +161,18 @@ class Grid2D:
         return float(log_prob.double().exp()[outside].sum())
 
     @torch.no_grad()
+    def sample(self, energy: Energy, n: int, device: torch.device | str = "cpu") -> Tensor:
+        """``n`` exact samples of the gridded ``energy``, drawn on ``device`` without a host
+        sync (cells by ``softmax(−E)``, then uniform in the cell; no ``log Z`` needed). The
+        same model as :meth:`GriddedModel.sample`, with the draws from ``device``'s stream."""
+        pts = self.centres().reshape(-1, 2).to(device)
+        e = torch.cat([energy(pts[i:i + self.chunk]) for i in range(0, len(pts), self.chunk)])
+        idx = torch.multinomial(torch.softmax(-e.double(), 0), n, replacement=True)
+        r = self.resolution
+        ij = torch.stack([idx // r, idx % r], dim=1).to(torch.float32)  # (row=x index, col=y)
+        return self.low + (ij + torch.rand(n, 2, device=ij.device)) * self.cell
+
+    @torch.no_grad()
     def nll(self, energy: Energy, x: Tensor, model: GriddedModel | None = None) -> float:
         """Mean negative log-likelihood of ``x`` (nats): ``mean E(x) + log Z``."""
         model = model or self.normalise(energy, x.device)

@@ -33,13 +33,14 @@ def contrastive_loss(e_data: Tensor, e_neg: Tensor, log_w: Tensor, alpha: float)
 
 
 def loss_fn(energy: Energy, x_data: Tensor, x_neg: Tensor, log_w: Tensor,
-            alpha: float) -> tuple[Tensor, dict[str, float]]:
-    """The loss of one step and its logged parts (``train/<key>``)."""
+            alpha: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """The loss of one step and its logged parts (``train/<key>``), as detached 0-d tensors on
+    the loss's device (no host sync; the trainer fetches them when it logs)."""
     e_data, e_neg = energy(x_data), energy(x_neg)
     loss = contrastive_loss(e_data, e_neg, log_w, alpha)
     w_bar = torch.softmax(log_w.detach(), 0)
-    e_d, e_n = float(e_data.detach().mean()), float((w_bar * e_neg.detach()).sum())
-    return loss, {"loss": float(loss.detach()), "energy_data": e_d, "energy_neg": e_n,
+    e_d, e_n = e_data.detach().mean(), (w_bar * e_neg.detach()).sum()
+    return loss, {"loss": loss.detach(), "energy_data": e_d, "energy_neg": e_n,
                   "energy_gap": e_d - e_n}
 
 

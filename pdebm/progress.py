@@ -33,9 +33,12 @@ class Progress:
         self.loss: str | None = None
         self.nll: str | None = None
 
-    def step(self, loss: float) -> None:
-        self.loss = f"{loss:.3f}"
+    def step(self) -> None:
         self.bar.update(1)
+
+    def loss_is(self, loss: float) -> None:
+        """The loss of a logged step (read on logging steps only: no host sync per step)."""
+        self.loss = f"{loss:.3f}"
         self._postfix()
 
     def evaluated(self, step: int, scalars: dict[str, float]) -> None:

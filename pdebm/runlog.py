@@ -19,7 +19,6 @@ from pdebm.figures import close_figure
 from pdebm.io import atomic_write_text
 from pdebm.monitor import MonitorResult
 from pdebm.resume import purge_metrics
-from pdebm.step import StepOutput
 
 FINAL = "final_metrics.json"
 
@@ -39,15 +38,13 @@ class RunLog:
         self._hparams_start()
         self.fig_dir = out / "figures"
 
-    def train_scalars(self, run: Run, step: StepOutput) -> None:
+    def train_scalars(self, run: Run, host: dict[str, float]) -> None:
+        """One step's scalars, already on the host (:meth:`pdebm.step.StepOutput.host`:
+        ``train/*`` and ``sampler/*`` keys), plus the learning rate and the cost counters."""
         w, k = self.writer, run.step
-        for key, v in step.parts.items():
-            w.add_scalar(f"train/{key}", v, k)
+        for tag, v in host.items():
+            w.add_scalar(tag, v, k)
         w.add_scalar("train/lr", run.scheduler.get_last_lr()[0], k)
-        if step.grad_norm is not None:
-            w.add_scalar("train/grad_norm", step.grad_norm, k)
-        for key, v in run.sampler.stats().items():
-            w.add_scalar(f"sampler/{key}", v, k)
         w.add_scalar("cost/sampler_grad_evals", run.sampler.grad_evals, k)
         w.add_scalar("cost/wall_clock_s", run.wall_clock, k)
 

@@ -1,22 +1,31 @@
 """One training step, used by the trainer, ``scripts/gpu_check.py`` and the tests.
 
-    negatives → (monitor) → loss → backward → clip → frozen θ_k → optimizer step → schedule
-    → sampler.update(θ_k, θ_{k+1})
+    negatives → (monitor) → loss → backward → clip → [θ_k snapshot] → optimizer step → schedule
+    → sampler.update(θ_k or None, θ_{k+1})
 
 The sampler contract (:mod:`pdebm.samplers.base`) is kept here: the negatives are used as
-returned (never detached), and ``backward`` runs before ``update``.
+returned (never detached), and ``backward`` runs before ``update``. The θ_k snapshot is taken
+only for samplers with ``needs_previous_energy`` (the particle sampler), into buffers allocated
+once per run (:meth:`~pdebm.energy.base.FrozenEnergy.refresh`).
+
+No host sync: a step reads no device value. The loss parts, the gradient norm and the sampler's
+``stats()`` stay 0-d tensors on the device; :meth:`StepOutput.host` brings all of them to the
+host in one transfer, which the trainer calls only on logging and checkpoint steps. A
+non-finite loss is recorded on the device by :class:`DivergenceWatch` (the step it first
+happened) and raised as :class:`~pdebm.errors.TrainingDiverged` at the next transfer.
 """
 
 from __future__ import annotations
 
-import math
 import time
+import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 from torch import Tensor
 
+from pdebm.energy.base import FrozenEnergy
 from pdebm.errors import TrainingDiverged
 from pdebm.loss import loss_fn
 
@@ -30,18 +39,88 @@ class Trainable(Protocol):
     scheduler: Any  # a torch LR scheduler, or None
 
 
+def to_host(values: Mapping[str, Tensor | float | int | None]) -> dict[str, float]:
+    """Scalars (0-d tensors, on any device, or Python numbers) as floats, with **one** device
+    transfer for all the tensors (stacked, then one ``tolist``). ``None`` values are dropped."""
+    tensors = {k: v for k, v in values.items() if torch.is_tensor(v)}
+    out = {k: float(v) for k, v in values.items() if v is not None and not torch.is_tensor(v)}
+    if tensors:
+        stacked = torch.stack([v.detach().reshape(()).to(torch.float64) for v in tensors.values()])
+        out.update(zip(tensors, stacked.tolist()))
+    return {k: out[k] for k in values if k in out}  # the caller's order
+
+
+class DivergenceWatch:
+    """The first step whose loss was not finite, kept as a device tensor (``-1``: none yet), so
+    that detecting a divergence costs no host sync per step; :meth:`check` raises it."""
+
+    def __init__(self) -> None:
+        self.first_bad: Tensor | None = None
+        self.loss: Tensor | None = None
+
+    def observe(self, loss: Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+        self.loss = torch.where(bad & (self.first_bad == step), loss.detach(),
+                                self.loss if self.loss is not None else loss.detach())
+
+    def raise_if_bad(self, first_bad: float | None, loss: float | None) -> None:
+        if first_bad is not None and first_bad >= 0:
+            raise TrainingDiverged(f"loss is {loss} at step {int(first_bad)}: training "
+                                   "diverged (try a smaller lr or step size, or energy_reg > 0)")
+
+
 @dataclass
 class StepOutput:
-    parts: dict[str, float]     # the loss and its parts (train/<key>)
-    grad_norm: float | None     # parameter-gradient norm before clipping (when clipping)
-    seconds: float              # wall-clock of the step, the monitor excluded
+    """What one step leaves: device tensors until :meth:`host` is called."""
+
+    parts: dict[str, Tensor]     # the loss and its parts (train/<key>), 0-d device tensors
+    grad_norm: Tensor | None     # parameter-gradient norm before clipping (when clipping)
+    seconds: float               # wall-clock of the step (host side; the monitor excluded)
+    sampler: Any = None          # its stats() (of its last step) are read in host(), not before
+    watch: DivergenceWatch | None = None
+
+    def host(self) -> dict[str, float]:
+        """Everything as floats in one transfer: ``train/<part>``, ``train/grad_norm`` and
+        ``sampler/<stat>`` keys. Raises :class:`TrainingDiverged` if any step since the watch
+        started had a non-finite loss."""
+        values: dict[str, Any] = {f"train/{k}": v for k, v in self.parts.items()}
+        values["train/grad_norm"] = self.grad_norm
+        if self.sampler is not None:
+            values.update({f"sampler/{k}": v for k, v in self.sampler.stats().items()})
+        if self.watch is not None and self.watch.first_bad is not None:
+            values["_first_bad"], values["_bad_loss"] = self.watch.first_bad, self.watch.loss
+        host = to_host(values)
+        if self.watch is not None:
+            self.watch.raise_if_bad(host.pop("_first_bad", None), host.pop("_bad_loss", None))
+        return host
+
+
+_SNAPSHOTS: "weakref.WeakKeyDictionary[torch.nn.Module, FrozenEnergy]" = weakref.WeakKeyDictionary()
+
+
+def snapshot(energy: Any) -> FrozenEnergy:
+    """θ_k of ``energy`` in the run's one preallocated :class:`FrozenEnergy` (valid until the
+    next call for the same energy)."""
+    frozen = _SNAPSHOTS.get(energy)
+    if frozen is None:
+        frozen = _SNAPSHOTS[energy] = energy.frozen()
+        return frozen
+    return frozen.refresh()
 
 
 def train_step(run: Trainable, x_data: Tensor, alpha: float = 0.0,
                grad_clip: float | None = None, step: int = 0,
-               monitor: Callable[[Tensor, Tensor], None] | None = None) -> StepOutput:
+               monitor: Callable[[Tensor, Tensor], None] | None = None,
+               watch: DivergenceWatch | None = None) -> StepOutput:
     """One optimizer step on the data batch ``x_data``. ``monitor(x_neg, log_w)`` (if given)
-    sees the step's negatives before the update; ``step`` only names a divergence."""
+    sees the step's negatives before the update; ``step`` names a divergence.
+
+    Without ``watch`` a non-finite loss is checked at once (one host sync, for callers that
+    take single steps); the trainer passes its :class:`DivergenceWatch` and checks it when it
+    fetches the numbers (:meth:`StepOutput.host`)."""
     t0 = time.perf_counter()
     x_neg, log_w = run.sampler.negatives(run.energy)
     seconds = time.perf_counter() - t0
@@ -49,15 +128,19 @@ def train_step(run: Trainable, x_data: Tensor, alpha: float = 0.0,
         monitor(x_neg, log_w)
     t0 = time.perf_counter()
     loss, parts = loss_fn(run.energy, x_data, x_neg, log_w, alpha)
-    if not math.isfinite(parts["loss"]):
-        raise TrainingDiverged(f"loss is {parts['loss']} at step {step + 1}")
+    if watch is None:
+        DivergenceWatch().raise_if_bad(None if torch.isfinite(loss).item() else step,
+                                       float(loss.detach()))
+    else:
+        watch.observe(loss, step)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = (float(torch.nn.utils.clip_grad_norm_(run.energy.parameters(), grad_clip))
+    grad_norm = (torch.nn.utils.clip_grad_norm_(run.energy.parameters(), grad_clip).detach()
                  if grad_clip else None)
-    before = run.energy.frozen()
+    needs = getattr(run.sampler, "needs_previous_energy", True)
+    before = snapshot(run.energy) if needs else None
     run.optimizer.step()
     if run.scheduler is not None:
         run.scheduler.step()
     run.sampler.update(before, run.energy)
-    return StepOutput(parts, grad_norm, seconds + time.perf_counter() - t0)
+    return StepOutput(parts, grad_norm, seconds + time.perf_counter() - t0, run.sampler, watch)

@@ -22,7 +22,7 @@ from pdebm.errors import ConfigError, TrainingDiverged
 from pdebm.progress import Progress
 from pdebm.resume import continue_command
 from pdebm.runlog import RunLog
-from pdebm.step import train_step
+from pdebm.step import DivergenceWatch, train_step
 from pdebm.stop import STOP, StopRequest, signal_name
 
 
@@ -55,6 +55,8 @@ def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
     log = RunLog(out, cfg, start_step=run.step)
     ckpts = Checkpoints(out / "checkpoints")
     watch = Watchdog(cfg.divergence.energy_factor, cfg.divergence.nll_margin)
+    nonfinite = DivergenceWatch()  # non-finite losses, kept on the device until a transfer
+    out_step = None
     bar = Progress(cfg.steps, run.step, f"train {choice(cfg, 'sampler')}", cfg.progress)
     logger.info("start in %s: dataset=%s sampler=%s steps=%d%s", out, choice(cfg, "dataset"),
                 choice(cfg, "sampler"), cfg.steps, f" (resumed at step {run.step})" if run.step else "")
@@ -74,18 +76,27 @@ def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
             x_data = run.dataset.train_batch(cfg.batch_size).to(run.device)
             t_batch = time.perf_counter() - t0
             out_step = train_step(run, x_data, alpha=float(cfg.energy_reg), grad_clip=cfg.grad_clip,
-                                  step=run.step,
+                                  step=run.step, watch=nonfinite,
                                   monitor=record_eval if run.step % cfg.eval_every == 0 else None)
             run.step += 1
             run.wall_clock += t_batch + out_step.seconds
-            watch.after_step(run.step, out_step.parts)
-            if run.step % cfg.log_every == 0 or run.step == cfg.steps:
-                log.train_scalars(run, out_step)
-            if watch.ok and cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.steps:
+            log_now = run.step % cfg.log_every == 0 or run.step == cfg.steps
+            saving = cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.steps
+            if log_now or saving:  # the step's numbers come to the host here only, in one transfer
+                t0 = time.perf_counter()
+                host = out_step.host()  # raises TrainingDiverged on a non-finite loss since the last one
+                run.wall_clock += time.perf_counter() - t0  # waiting for the device is training time
+                watch.after_step(run.step, {k[6:]: v for k, v in host.items() if k.startswith("train/")})
+                if log_now:
+                    log.train_scalars(run, host)
+                    bar.loss_is(host["train/loss"])
+            if watch.ok and saving:
                 ckpts.save(state_dict(run))
-            bar.step(out_step.parts["loss"])
+            bar.step()
             stop.at_step(run.step)
-    except TrainingDiverged as e:  # a non-finite loss, found before the optimizer step
+        if out_step is not None and watch.ok:
+            out_step.host()  # a divergence since the last transfer ends the run before its checkpoint
+    except TrainingDiverged as e:  # a non-finite loss, found at a transfer
         watch.flag(str(e))
     if not watch.ok:
         bar.close()

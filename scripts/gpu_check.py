@@ -9,8 +9,15 @@ MALA step); multiply by ``n_temps`` for a whole estimate.
 
 On a machine without a CUDA GPU it says so, times the CPU only, and exits 0.
 
+``--profile`` prints, per training step and sampler, eager and compiled (``langevin.compile``)
+side by side: wall time (median), host syncs (host reads of tensor values, counted by
+:mod:`pdebm.hostsync`), aten ops (``torch.profiler`` events named ``aten::*``, nested ones
+included), and on CUDA kernel launches (``cudaLaunchKernel*``/``cuLaunchKernel``/
+``cudaGraphLaunch`` calls), ``cudaStreamSynchronize`` calls and the GPU kernel time.
+
 Examples:
   python scripts/gpu_check.py
+  python scripts/gpu_check.py --profile --overrides experiment=paper_2d
   python scripts/gpu_check.py --samplers particle --overrides experiment=paper_mnist dataset.n_train=1000
 """
 
@@ -31,8 +38,13 @@ import torch  # noqa: E402
 from pdebm.config import compose_config  # noqa: E402
 from pdebm.metrics.ais import ais_log_z  # noqa: E402
 from pdebm.samplers.langevin import LangevinConfig  # noqa: E402
-from pdebm.step import train_step  # noqa: E402
+from pdebm.step import DivergenceWatch, train_step  # noqa: E402
 from pdebm.build import Run, build  # noqa: E402
+from pdebm.hostsync import count_host_reads  # noqa: E402
+
+LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
+            "cudaGraphLaunch")
+SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 
 
 def timed(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
@@ -74,6 +86,67 @@ def measure(overrides: list[str], device: str, args: argparse.Namespace) -> dict
     return out
 
 
+def profile_step(overrides: list[str], device: str, sampler: str, compiled: bool,
+                 args: argparse.Namespace) -> dict[str, float | None]:
+    """Per-step figures of one sampler on ``device``, eager or compiled (module docstring)."""
+    cfg = compose_config([*overrides, f"sampler={sampler}", f"device={device}", "progress=false",
+                          f"langevin.compile={str(compiled).lower()}"])
+    run = build(cfg)
+    watch = DivergenceWatch()
+    cuda = run.device.type == "cuda"
+
+    def step() -> None:  # the trainer's step with logging off (no host transfer)
+        x_data = run.dataset.train_batch(run.cfg.batch_size).to(run.device)
+        train_step(run, x_data, alpha=float(run.cfg.energy_reg), grad_clip=run.cfg.grad_clip,
+                   watch=watch)
+
+    for _ in range(args.warmup):  # includes the compilation
+        step()
+    wall = timed(step, run.device, args.repeats)
+    with count_host_reads() as reads:
+        for _ in range(args.profile_steps):
+            step()
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(args.profile_steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize(run.device)
+    events = prof.events()
+    n = args.profile_steps
+    row: dict[str, float | None] = {
+        "ms": 1e3 * wall,
+        "syncs": sum(reads.values()) / n,
+        "aten": sum(e.name.startswith("aten::") for e in events) / n,
+        "launches": None, "stream_syncs": None, "gpu_ms": None}
+    if cuda:
+        row["launches"] = sum(e.name in LAUNCHES for e in events) / n
+        row["stream_syncs"] = sum(e.name in SYNCS for e in events) / n
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        row["gpu_ms"] = sum(getattr(e, "device_time", 0.0) or 0.0 for e in kernels) / n / 1e3
+    return row
+
+
+def print_profile(args: argparse.Namespace, devices: list[str]) -> None:
+    def fmt(v: float | None, digits: int = 1) -> str:
+        return "–" if v is None else f"{v:.{digits}f}"
+
+    cols = ("ms", "syncs", "aten", "launches", "stream_syncs", "gpu_ms")
+    names = {"ms": "wall ms", "syncs": "host syncs", "aten": "aten ops", "launches": "launches",
+             "stream_syncs": "stream syncs", "gpu_ms": "GPU kernel ms"}
+    print("| device | sampler | " + " | ".join(f"{names[c]} eager / compiled" for c in cols) + " |")
+    print("|---|---|" + "---:|" * len(cols))
+    for device in devices:
+        for sampler in args.samplers:
+            eager = profile_step(args.overrides, device, sampler, False, args)
+            comp = profile_step(args.overrides, device, sampler, True, args)
+            cells = [f"{fmt(eager[c], 2 if c.endswith('ms') else 1)} / "
+                     f"{fmt(comp[c], 2 if c.endswith('ms') else 1)}" for c in cols]
+            print(f"| {device} | {sampler} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--overrides", nargs="*", default=["experiment=digits_quick"],
@@ -82,6 +155,14 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=100, help="AIS chains in one batch")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per row (median)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--profile", action="store_true",
+                        help="per-step wall time, host syncs, aten ops, launches and GPU kernel "
+                             "time, eager vs compiled (instead of the CPU/CUDA timing table)")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="--profile: untimed steps first (the compilation happens here)")
+    parser.add_argument("--profile-steps", type=int, default=3,
+                        help="--profile: steps counted for syncs and profiled (averaged)")
+    parser.add_argument("--cpu-only", action="store_true", help="--profile: skip CUDA")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -91,6 +172,12 @@ def main() -> None:
     else:
         why = "torch built without CUDA" if torch.version.cuda is None else "no GPU visible"
         print(f"CUDA: NO GPU PRESENT ({why}; torch {torch.__version__}) — timing the CPU only")
+    if args.profile:
+        print(f"config: {' '.join(args.overrides)}; CPU threads: {args.threads}; wall: median "
+              f"of {args.repeats} after {args.warmup} warm-up steps; counts: mean of "
+              f"{args.profile_steps} steps; logging off\n")
+        print_profile(args, ["cpu"] + (["cuda"] if has_cuda and not args.cpu_only else []))
+        return
     print(f"config: {' '.join(args.overrides)}; CPU threads: {args.threads}; "
           f"median of {args.repeats} after one warm-up\n")
     cpu = measure(args.overrides, "cpu", args)

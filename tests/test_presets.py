@@ -14,7 +14,7 @@ from pdebm.step import train_step
 
 PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONFIG_DIR / "sampler").glob("*.yaml"))
-SMALL = ["batch_size=32", "sampler.n_samples=32", "eval.resolution=20", "eval.mmd_points=32",
+SMALL = ["batch_size=32", "sampler.n_samples=32", "eval.resolution=50", "eval.mmd_points=32",
          "progress=false", "num_threads=1"]
 SMALL_2D = [*SMALL, "energy.hidden=16", "dataset.n_test=100", "dataset.n_stats=200"]
 SMALL_IMAGES = [*SMALL, "dataset.n_train=64", "dataset.n_test=32", "dataset.n_stats=64"]

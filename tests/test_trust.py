@@ -153,7 +153,8 @@ def test_cli_divergence_error_is_the_last_line_after_the_bar(tmp_path):
 def test_progress_bar_shows_the_final_nll_and_parallel_jobs_print_lines(capsys, monkeypatch):
     p = Progress(total=4, initial=0, desc="t", enabled=True)
     p.evaluated(2, {"test_nll": 3.0})
-    p.step(0.5)
+    p.loss_is(0.5)
+    p.step()
     p.evaluated(4, {"test_nll": 2.935})
     assert p.bar.postfix.endswith("nll=2.935")
     p.close()

@@ -97,6 +97,10 @@ class FrozenEnergy(nn.Module):
 
     Used as ``energy_before`` in ``Sampler.update``; ``params`` is the snapshot, so the
     parameter step ``θ_{k+1} − θ_k`` is ``live.param − frozen.params[name]``.
+
+    The snapshot lives in buffers allocated once; :meth:`refresh` copies the live values into
+    them (one ``_foreach_copy_``, no allocation), so the trainer can keep one
+    ``FrozenEnergy`` per run and refresh it every step (:func:`pdebm.step.train_step`).
     """
 
     def __init__(self, model: EnergyModel) -> None:
@@ -104,6 +108,23 @@ class FrozenEnergy(nn.Module):
         self._model = [model]  # a list keeps the live module out of this module's children
         self.params = {k: v.detach().clone() for k, v in model.named_parameters()}
         self.buffers_ = {k: v.detach().clone() for k, v in model.named_buffers()}
+
+    def refresh(self) -> "FrozenEnergy":
+        """Copy the live module's current parameters and buffers into the snapshot in place."""
+        live = dict(self.model.named_parameters())
+        live_buffers = dict(self.model.named_buffers())
+        if live.keys() != self.params.keys() or live_buffers.keys() != self.buffers_.keys():
+            self.__init__(self.model)  # the module changed shape: take a fresh snapshot
+            return self
+        dst = [*self.params.values(), *self.buffers_.values()]
+        src = [*(live[k].detach() for k in self.params), *(live_buffers[k] for k in self.buffers_)]
+        if any(d.shape != s.shape or d.device != s.device or d.dtype != s.dtype
+               for d, s in zip(dst, src)):
+            self.__init__(self.model)
+            return self
+        if dst:
+            torch._foreach_copy_(dst, src)
+        return self
 
     @property
     def model(self) -> EnergyModel:

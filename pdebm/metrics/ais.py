@@ -169,9 +169,9 @@ def ais_log_z(energy: EnergyModel, n_chains: int = 100, n_temps: int = 1000,
                 res = langevin(tempered(beta), z, cfg, None if kernel.mala else log_w)
                 z, evals, beta_prev = res.x, evals + res.grad_evals, beta
                 if kernel.mala and res.accept_rate is not None:
-                    accepts.append(res.accept_rate)
+                    accepts.append(float(res.accept_rate))  # the kernel returns a tensor
                     if adapt_step_size:
-                        step = min(max(step * math.exp(res.accept_rate - target_accept), 1e-8), 1e2)
+                        step = min(max(step * math.exp(accepts[-1] - target_accept), 1e-8), 1e2)
                 else:
                     log_w = res.log_weights if res.log_weights is not None else log_w
     finally:

@@ -5,8 +5,11 @@ Per training step :func:`pdebm.step.train_step` does::
 
     x, log_w = sampler.negatives(energy)          # samples of the current model
     loss = pdebm.loss.loss_fn(energy, data, x, log_w, α)   # x used as returned (never detached)
-    loss.backward(); before = energy.frozen(); optimizer.step()
+    loss.backward(); before = θ_k snapshot (only if needs_previous_energy); optimizer.step()
     sampler.update(before, energy)                # particle dynamics lives here
+
+No host syncs: ``negatives``, ``update`` and ``stats`` keep their numbers on the device
+(tensors); the trainer moves ``stats()`` to the host in one transfer, only on logging steps.
 
 Randomness comes from torch's global generator, seeded once by the trainer and saved in
 checkpoints, so a sampler needs no generator of its own.
@@ -31,10 +34,14 @@ class Sampler(abc.ABC):
             the sampler (the cost axis of every comparison; docs/evaluation.md, "Cost").
         weighted: whether ``negatives`` may return non-uniform log-weights.
         requires_2d: the sampler only works for 2D data (the exact grid sampler).
+        needs_previous_energy: ``update`` reads ``energy_before`` (the parameters before the
+            optimizer step). Only then does the trainer take the snapshot; otherwise
+            ``update`` receives ``None``.
     """
 
     weighted: bool = False
     requires_2d: bool = False
+    needs_previous_energy: bool = False
 
     def __init__(self) -> None:
         self.grad_evals = 0
@@ -44,12 +51,14 @@ class Sampler(abc.ABC):
         """Return ``(x, log_weights)``: samples of ``energy``'s model, shape ``(N, *shape)``,
         and log-weights of shape ``(N,)`` (zeros for unweighted samplers)."""
 
-    def update(self, energy_before: Energy, energy_after: EnergyModel) -> None:
+    def update(self, energy_before: Energy | None, energy_after: EnergyModel) -> None:
         """Called after every optimizer step with the energy as it was (a frozen functional
-        view, :class:`~pdebm.energy.base.FrozenEnergy`) and as it is now."""
+        view, :class:`~pdebm.energy.base.FrozenEnergy`; ``None`` unless
+        ``needs_previous_energy``) and as it is now."""
 
-    def stats(self) -> dict[str, float]:
-        """Scalars about the sampler's last step, logged as ``sampler/<key>``."""
+    def stats(self) -> dict[str, Tensor | float]:
+        """Scalars about the sampler's last step, logged as ``sampler/<key>``: 0-d tensors
+        (left on the device; the trainer fetches them in one transfer) or floats."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

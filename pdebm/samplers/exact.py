@@ -37,6 +37,5 @@ class ExactSampler(Sampler):
     def negatives(self, energy: EnergyModel) -> tuple[Tensor, Tensor]:
         check(tuple(energy.data_shape) == (2,),
               f"sampler=exact needs 2D data, got data of shape {tuple(energy.data_shape)}")
-        model = self.grid.normalise(energy, energy.device)
-        x = model.sample(self.n_samples).to(energy.device)  # torch's global (seeded) stream
+        x = self.grid.sample(energy, self.n_samples, energy.device)  # the global (seeded) stream
         return x, uniform_log_weights(x)

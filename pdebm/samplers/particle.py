@@ -130,6 +130,8 @@ class ParticleSampler(Sampler):
         reuse_loss_grad: take ``∇ₓE_{θ_k}`` from the trainer's backward (else a direct pass).
     """
 
+    needs_previous_energy = True  # update() transports by δE = E_{θ_{k+1}} − E_{θ_k}
+
     def __init__(self, n_samples: int = 1000, field: str = "optimal", delta: str = "exact",
                  max_displacement: float = 1.0, n_steps: int = 10,
                  kernel: Mapping[str, Any] | None = None, refresh: float = 0.0, init: str = "auto",
@@ -228,8 +230,11 @@ class ParticleSampler(Sampler):
         - ``ess_out`` (weighted): ESS/N of the negatives handed out next (after resampling,
           Langevin and refresh);
         - ``accept_rate``: MALA's acceptance rate.
+
+        Values may be 0-d device tensors: the trainer brings them to the host in one transfer on
+        logging steps only.
         """
-        return {k: float(v) for k, v in self._stats.items()}
+        return dict(self._stats)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "x": self.x, "log_w": self.log_w}

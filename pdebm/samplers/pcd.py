@@ -49,8 +49,8 @@ class PCD(Sampler):
         self.init, self.uniform_box = init, tuple(uniform_box)
         self.buffer: Tensor | None = None
         self.base0: tuple[Tensor, Tensor] | None = None  # (μ, log σ) at the first call
-        self._accept: float | None = None
-        self._reinit_frac = 0.0
+        self._accept: Tensor | None = None          # device scalars (no host sync per step)
+        self._reinit_frac: Tensor | float = 0.0
 
     def negatives(self, energy: EnergyModel) -> tuple[Tensor, Tensor]:
         if self.buffer is None:
@@ -58,14 +58,13 @@ class PCD(Sampler):
         idx = torch.randperm(self.buffer_size, device=self.buffer.device)[: self.n_samples]
         x0 = self.buffer[idx]
         fresh = torch.rand(self.n_samples, device=x0.device) < self.reinit_prob
-        if fresh.any():
-            noise = self._noise(energy, int(fresh.sum()))
-            x0 = x0.clone()
-            x0[fresh] = noise
+        if self.reinit_prob > 0:  # a full noise draw and a device-side choice: no host sync
+            noise = self._noise(energy, self.n_samples)
+            x0 = torch.where(fresh.view(-1, *([1] * (x0.dim() - 1))), noise, x0)
         out = langevin(energy, x0, self.kernel)
         self.buffer[idx] = out.x
         self.grad_evals += out.grad_evals
-        self._accept, self._reinit_frac = out.accept_rate, float(fresh.float().mean())
+        self._accept, self._reinit_frac = out.accept_rate, fresh.float().mean()
         return out.x, uniform_log_weights(out.x)
 
     def _noise(self, energy: EnergyModel, n: int) -> Tensor:
@@ -76,8 +75,8 @@ class PCD(Sampler):
         mu, log_sigma = self.base0
         return mu + log_sigma.exp() * torch.randn((n, *mu.shape), device=mu.device)
 
-    def stats(self) -> dict[str, float]:
-        s = {"reinit_frac": self._reinit_frac}
+    def stats(self) -> dict[str, Tensor | float]:
+        s: dict[str, Tensor | float] = {"reinit_frac": self._reinit_frac}
         if self._accept is not None:
             s["accept_rate"] = self._accept
         return s

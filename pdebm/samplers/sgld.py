@@ -37,7 +37,7 @@ class SGLD(Sampler):
         one_of("sampler.init", init, NOISE_INITS)
         self.kernel = LangevinConfig.from_settings(n_steps, kernel, allow_zero_steps=False)
         self.n_samples, self.init, self.uniform_box = n_samples, init, tuple(uniform_box)
-        self._accept: float | None = None
+        self._accept: Tensor | None = None  # MALA acceptance, a device scalar
 
     def negatives(self, energy: EnergyModel) -> tuple[Tensor, Tensor]:
         x0 = initial_noise(energy, self.n_samples, self.init, self.uniform_box)
@@ -46,5 +46,5 @@ class SGLD(Sampler):
         self._accept = out.accept_rate
         return out.x, uniform_log_weights(out.x)
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, Tensor]:
         return {} if self._accept is None else {"accept_rate": self._accept}
