@@ -203,3 +203,36 @@ def test_shortcut_check_every_gives_the_same_particles():
     n = 64
     assert runs[1][1] == 5 * (3 * n + 1) + 4 * SHORTCUT_FALLBACK
     assert 5 * (3 * n + 1) <= runs[0][1] <= 5 * (3 * n + 1) + 5
+
+
+@pytest.mark.parametrize("name", ["particle", "particle_basis"])
+def test_particle_2d_calls_no_linalg_that_checks_its_status_on_the_host(name, monkeypatch):
+    """``torch.linalg.eigvalsh`` and ``solve`` read their solver status on the host inside
+    C++ (a GPU sync the counter above cannot see): the 2D particle sampler must not call them
+    (closed-form 2×2 eigenvalues, ``solve_ex`` without the check)."""
+    calls = []
+    for fn in ("eigvalsh", "eigh", "solve", "inv", "cholesky"):
+        orig = getattr(torch.linalg, fn)
+        monkeypatch.setattr(torch.linalg, fn,
+                            lambda *a, _f=fn, _o=orig, **k: (calls.append(_f), _o(*a, **k))[1])
+    cfg = compose_config(["batch_size=64", "sampler.n_samples=64", "energy.hidden=32",
+                          "progress=false", "device=cpu", *SAMPLERS[name]])
+    run = build(cfg)
+    for k in range(3):
+        train_step(run, run.dataset.train_batch(64), alpha=0.0, step=k)
+    assert calls == []
+
+
+def test_closed_form_2x2_eigenvalues_match_eigvalsh():
+    from pdebm.samplers.weights import symmetric_eigvals
+    torch.manual_seed(0)
+    h = torch.randn(500, 2, 2, dtype=torch.float64) * torch.logspace(-6, 3, 500,
+                                                                       dtype=torch.float64)[:, None, None]
+    h = h + h.mT
+    h[0] = 0.0  # a zero Hessian (δE linear)
+    h[1] = torch.tensor([[2.0, 0.0], [0.0, 2.0]])  # a repeated eigenvalue
+    ref = torch.linalg.eigvalsh(h)
+    scale = h.flatten(1).abs().amax(1, keepdim=True).clamp_min(1e-300)
+    assert ((symmetric_eigvals(h) - ref).abs() <= 1e-13 * scale).all()
+    h1 = torch.randn(10, 1, 1, dtype=torch.float64)
+    assert torch.equal(symmetric_eigvals(h1), torch.linalg.eigvalsh(h1))

@@ -164,8 +164,10 @@ class BasisField(TransportField):
         tiny = torch.finfo(torch.float64).tiny
         scale = A.diagonal().clamp_min(tiny).rsqrt()
         eye_k = torch.eye(A.shape[0], dtype=torch.float64, device=A.device)
-        y = torch.linalg.solve(scale[:, None] * A * scale[None, :] + self.ridge * eye_k,
-                               scale * rhs)
+        # solve_ex without the status check: linalg.solve reads it on the host (a GPU sync); the
+        # ridge keeps the Jacobi-scaled matrix positive definite, so the solve cannot fail
+        y, _ = torch.linalg.solve_ex(scale[:, None] * A * scale[None, :] + self.ridge * eye_k,
+                                     scale * rhs, check_errors=False)
         coef = scale * y
         # features whose gradient vanishes everywhere (e.g. ∇δE ≡ 0) get no coefficient
         coef = torch.where(A.diagonal() > 0, coef, torch.zeros_like(coef))

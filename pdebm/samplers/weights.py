@@ -54,6 +54,21 @@ def systematic_resample(log_w: Tensor) -> Tensor:
     return torch.searchsorted(cdf, u).clamp_(max=n - 1)
 
 
+def symmetric_eigvals(h: Tensor) -> Tensor:
+    """Ascending eigenvalues of symmetric ``(N, d, d)`` matrices. ``d ≤ 2`` in closed form
+    (``m ∓ sqrt(((a − c)/2)² + b²)``, ``m = (a + c)/2``): ``torch.linalg.eigvalsh`` checks its
+    solver's status on the host, a device sync per call on a GPU; above 2 dimensions it is
+    used, sync included."""
+    d = h.shape[-1]
+    if d == 1:
+        return h[..., 0, :]
+    if d == 2:
+        a, b, c = h[..., 0, 0], h[..., 0, 1], h[..., 1, 1]
+        m, r = 0.5 * (a + c), torch.hypot(0.5 * (a - c), b)
+        return torch.stack([m - r, m + r], -1)
+    return torch.linalg.eigvalsh(h)
+
+
 def _grad_or_zeros(output: Tensor, x: Tensor) -> Tensor:
     """``∂ output / ∂x`` keeping the graph; zeros where ``output`` does not depend on ``x``."""
     if not output.requires_grad:
@@ -83,7 +98,7 @@ class ExactCurvature:
     @classmethod
     def of(cls, grad: Tensor, x: Tensor) -> "ExactCurvature":
         h = hessian(grad, x).double()
-        return cls(torch.linalg.eigvalsh(0.5 * (h + h.mT)))
+        return cls(symmetric_eigvals(0.5 * (h + h.mT)))
 
     def bounds(self) -> tuple[Tensor, Tensor]:
         """Per-particle smallest and largest eigenvalue of ``∇²δE``."""
