@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pdebm import checkpoint, validate
 from pdebm.checkpoint_diff import mismatch_message

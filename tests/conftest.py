@@ -46,3 +46,15 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, env_extra: dict | 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "pdebm.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def finite_difference_logdet(transport, x, h: float = 1e-5):
+    """Sign and log|det| of the Jacobian of ``transport`` at every row of ``x`` (N, d), by
+    central differences: the reference the transports' analytic log-determinants are checked
+    against."""
+    import torch
+
+    eye = torch.eye(x.shape[1], dtype=x.dtype)
+    jac = torch.stack([(transport(x + h * eye[j]) - transport(x - h * eye[j])) / (2 * h)
+                       for j in range(x.shape[1])], 2)
+    return torch.linalg.slogdet(jac)

@@ -61,13 +61,25 @@ BAD = [
 ]
 
 
-def _materialise(args: list[str], tmp_path: Path) -> list[str]:
+def _read_only_dir(path: Path, request) -> None:
+    """A directory nobody may write into: mode 555, and for root (who ignores modes) the
+    immutable attribute, removed again after the test; skips only where neither can be had."""
+    path.mkdir()
+    path.chmod(0o555)
+    if os.geteuid() != 0:
+        return
+    r = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"running as root and `chattr +i` is unavailable here ({r.stderr.decode().strip()})")
+    request.addfinalizer(lambda: subprocess.run(["chattr", "-i", str(path)]))
+
+
+def _materialise(args: list[str], tmp_path: Path, request) -> list[str]:
     out = []
     for a in args:
         if a.endswith(READ_ONLY):
             ro = tmp_path / "ro"
-            ro.mkdir()
-            ro.chmod(0o555)
+            _read_only_dir(ro, request)
             a = f"hydra.run.dir={ro / 'run'}"
         elif a.endswith(UNDER_FILE):
             f = tmp_path / "a_file"
@@ -82,10 +94,9 @@ def _tree(root: Path) -> set[Path]:
 
 
 @pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_input_one_line_exit_2_no_directory(args, message, tmp_path, monkeypatch, capsys):
-    if READ_ONLY in " ".join(args) and os.geteuid() == 0:
-        pytest.skip("root writes into read-only directories; /proc and /sys cover unwritable paths")
-    args = _materialise(args, tmp_path)
+def test_bad_input_one_line_exit_2_no_directory(args, message, tmp_path, monkeypatch, capsys,
+                                                request):
+    args = _materialise(args, tmp_path, request)
     monkeypatch.chdir(tmp_path)
     before = _tree(tmp_path)
     with pytest.raises(SystemExit) as exit_info:

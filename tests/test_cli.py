@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import FAST_SAMPLER, TINY, TINY_2D, run_cli
+from tests.conftest import FAST_SAMPLER, TINY_2D, run_cli
 
 DOCUMENTED_TAGS = {"train/loss", "train/energy_gap", "train/lr", "eval/test_nll", "eval/lag_kl",
                    "eval/lag_kl_floor", "eval/mmd2", "eval/energy_gap", "cost/sampler_grad_evals",

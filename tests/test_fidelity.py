@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+
+from tests.conftest import finite_difference_logdet
 
 from pdebm.energy.base import SwishBeta
 from pdebm.energy.mlp import MLPEnergy
@@ -20,7 +21,7 @@ from pdebm.metrics.mmd import mmd2
 from pdebm.samplers.particle import ParticleSampler, exact_delta
 from pdebm.samplers.pcd import PCD
 from pdebm.samplers.weights import ExactCurvature, HutchinsonCurvature, jacobian_guard
-from tests.test_particle import GaussianEnergy, mlp_energy, perturb_
+from tests.test_particle import GaussianEnergy, delta_gradient_of_a_step, mlp_energy, perturb_
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -117,11 +118,7 @@ def test_basis_transport_logdet_matches_finite_difference_jacobian() -> None:
     def transport(x: torch.Tensor) -> torch.Tensor:
         return x - pot.grad(x, exact_delta(before, energy, x.detach().requires_grad_(True))[1])
 
-    h = 1e-5
-    eye = torch.eye(3, dtype=torch.float64)
-    jac = torch.stack([(transport(sampler.x + h * eye[j]) - transport(sampler.x - h * eye[j]))
-                       / (2 * h) for j in range(3)], 2)
-    sign, fd_log_det = torch.linalg.slogdet(jac)
+    sign, fd_log_det = finite_difference_logdet(transport, sampler.x)
     assert torch.allclose(moved, transport(sampler.x), atol=1e-12)
     assert torch.all(sign > 0)
     assert torch.allclose(log_det, fd_log_det, atol=1e-7), (log_det, fd_log_det)
@@ -157,12 +154,7 @@ def test_jacobian_guard_bounds_both_sides() -> None:
 def test_hutchinson_power_iteration_bounds_the_spectral_radius() -> None:
     """The guard's bound with Hutchinson probes: after enough power iterations ``ρ`` is the
     spectral radius of each particle's Hessian (a lower bound converging from below)."""
-    torch.manual_seed(3)
-    energy = mlp_energy(6, torch.float64)
-    before = energy.frozen()
-    perturb_(energy, 0.2)
-    x = torch.randn(16, 6, dtype=torch.float64, requires_grad=True)
-    _, g = exact_delta(before, energy, x, create_graph=True)
+    g, x = delta_gradient_of_a_step(dim=6, n=16, scale=0.2, seed=3)
     exact = ExactCurvature.of(g, x).eigenvalues.abs().max(1).values
     rho = HutchinsonCurvature.of(g, x, n_probes=1, power_iters=60).bounds()[1]
     assert torch.all(rho <= exact * (1 + 1e-9))

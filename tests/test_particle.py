@@ -15,6 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
+from tests.conftest import finite_difference_logdet
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
@@ -102,6 +104,18 @@ def perturb_(energy: nn.Module, scale: float) -> None:
     with torch.no_grad():
         for p in energy.parameters():
             p.add_(scale * torch.randn_like(p))
+
+
+def delta_gradient_of_a_step(dim: int, n: int, scale: float, seed: int) -> tuple[Tensor, Tensor]:
+    """``(∇ₓδE with its graph, x)`` for a float64 MLP energy moved by a random step of size
+    ``scale``, at ``n`` standard-normal points: the input of the curvature estimators."""
+    torch.manual_seed(seed)
+    energy = mlp_energy(dim, torch.float64)
+    before = energy.frozen()
+    perturb_(energy, scale)
+    x = torch.randn(n, dim, dtype=torch.float64, requires_grad=True)
+    _, g = exact_delta(before, energy, x, create_graph=True)
+    return g, x
 
 
 def trainer_step(energy: nn.Module, opt: torch.optim.Optimizer, sampler: ParticleSampler,
@@ -207,11 +221,7 @@ def test_transport_logdet_matches_finite_difference_jacobian() -> None:
             x = x - 0.5 * exact_delta(before, energy, x.detach().requires_grad_(True))[1]
         return x
 
-    h = 1e-5
-    eye = torch.eye(3, dtype=torch.float64)
-    jac = torch.stack([(transport(sampler.x + h * eye[j]) - transport(sampler.x - h * eye[j]))
-                       / (2 * h) for j in range(3)], 2)
-    sign, fd_log_det = torch.linalg.slogdet(jac)
+    sign, fd_log_det = finite_difference_logdet(transport, sampler.x)
     assert torch.allclose(moved, transport(sampler.x), atol=1e-12)
     assert torch.all(sign > 0)
     assert torch.allclose(log_det, fd_log_det, atol=1e-7), (log_det, fd_log_det)
@@ -222,12 +232,7 @@ def test_hutchinson_traces_are_unbiased() -> None:
     """Mean over probes of ``zᵀHz`` and ``|Hz|²`` against ``tr H`` and ``tr H²`` from the full
     Hessian, within 5 standard errors (the Rademacher variance of ``zᵀHz`` is
     ``2Σ_{i≠j}H_ij²``); hence the estimated log-det is unbiased for its two series terms."""
-    torch.manual_seed(2)
-    energy = mlp_energy(5, torch.float64)
-    before = energy.frozen()
-    perturb_(energy, 0.1)
-    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
-    _, g = exact_delta(before, energy, x, create_graph=True)
+    g, x = delta_gradient_of_a_step(dim=5, n=4, scale=0.1, seed=2)
     h = hessian(g, x)
     n_probes = 400
     probes = HutchinsonCurvature.of(g, x, n_probes)

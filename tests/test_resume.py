@@ -3,7 +3,7 @@
 import pytest
 
 from pdebm.train import train
-from tests.conftest import FAST_SAMPLER, TINY, TINY_2D
+from tests.conftest import FAST_SAMPLER, TINY_2D
 
 
 @pytest.mark.parametrize("sampler", sorted(FAST_SAMPLER))

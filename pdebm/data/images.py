@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pdebm.data.base import Dataset
-from pdebm.errors import ConfigError, check, one_of, positive
+from pdebm.errors import check, one_of, positive
 from pdebm.data.idx import download_idx, find_idx, read_idx
 
 TRANSFORMS = ("none", "logit")

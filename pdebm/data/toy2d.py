@@ -15,7 +15,7 @@ import numpy as np
 from torch import Tensor
 
 from pdebm.data.base import Dataset, to_tensor
-from pdebm.errors import check, one_of, positive
+from pdebm.errors import one_of, positive
 
 Generator = np.random.Generator
 
