@@ -133,7 +133,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                     "log_z": r.ais.log_z, "ess_fraction": r.ess_fraction}
                    for t, r in zip(temps, results)]
     warnings_ = []
-    if not result.trustworthy:
+    if result.ess_fraction < ESS_WARNING:
         warnings_.append(f"AIS ESS/N = {result.ess_fraction:.3f} < {ESS_WARNING}: the estimate "
                          "rests on a few chains and is not trustworthy (more n_temps or n_chains)")
     if len(results) > 1:
