@@ -1,16 +1,16 @@
-"""Atomic checkpoints: written to a temporary file in the same directory, then renamed, so an
-interrupted write never leaves a half-written checkpoint behind."""
+"""Checkpoints, written atomically (:func:`pdebm.io.atomic_write`): an interrupted write never
+leaves a half-written checkpoint behind."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pdebm.errors import ConfigError
+from pdebm.io import atomic_write
 
 LAST = "last.pt"
 REQUIRED_KEYS = ("step", "energy", "optimizer", "scheduler", "sampler", "dataset", "rng")
@@ -18,17 +18,7 @@ REQUIRED_KEYS = ("step", "energy", "optimizer", "scheduler", "sampler", "dataset
 
 def save(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def resolve(path: str | os.PathLike) -> Path:

@@ -26,7 +26,7 @@ examples:
   tensorboard --logdir outputs
 """
 
-COMMANDS = {"train": ("pdebm.train", "train"), "eval": ("pdebm.evaluate", "eval")}
+COMMANDS = {"train": ("pdebm.train", "train"), "eval": ("pdebm.eval", "eval")}
 
 
 def preflight(config_name: str, args: list[str]) -> str | None:
@@ -37,9 +37,7 @@ def preflight(config_name: str, args: list[str]) -> str | None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from pdebm.config import CONFIG_DIR, register_resolvers
-
-    register_resolvers()
+    from pdebm.config import CONFIG_DIR  # registers pdebm's resolvers on import
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
     if any(a.startswith("--") for a in args if a not in ("--multirun",)):
         return None  # --help, --cfg, --info ...: Hydra handles those itself
@@ -87,6 +85,9 @@ def describe(e: Exception, overrides: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pdebm.stop import STOP
+
+    STOP.install()  # from here on a signal ends in one line, never a traceback (pdebm/stop.py)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

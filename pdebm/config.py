@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 def _config_dir() -> Path:
     """``conf/`` of a source checkout or editable install, else the copy shipped in the wheel
-    as the package ``pdebm.conf``. Hydra needs an absolute directory (architecture.md)."""
+    as the package ``pdebm.conf``. Hydra needs an absolute directory."""
     checkout = Path(__file__).resolve().parent.parent / "conf"
     if (checkout / "train.yaml").is_file():
         return checkout
@@ -30,14 +30,19 @@ def sweep_subdir(override_dirname: str, seed: int) -> str:
 
 
 def register_resolvers() -> None:
+    """Register pdebm's OmegaConf resolvers (idempotent; done once on import of this module)."""
     if not OmegaConf.has_resolver("pdebm_subdir"):
         OmegaConf.register_new_resolver("pdebm_subdir", sweep_subdir)
+
+
+register_resolvers()
 
 
 def instantiate(node, **kwargs):
     """``hydra.utils.instantiate`` that lets a :class:`~pdebm.errors.ConfigError` raised by a
     constructor through unchanged (Hydra wraps it in a multi-line InstantiationException), and
-    reports a wrong argument name as one line."""
+    reports any other failure as one line that names the innermost cause (a wrong argument name:
+    ``TypeError: ... got an unexpected keyword argument 'x'``)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
 
@@ -51,8 +56,15 @@ def instantiate(node, **kwargs):
             cause = cause.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
-        first = str(e).splitlines()[0]
-        raise ConfigError(f"cannot build {node.get('_target_', '?')}: {first}") from None
+        raise ConfigError(f"cannot build {node.get('_target_', '?')}: {innermost(e)}") from None
+
+
+def innermost(e: BaseException) -> str:
+    """``Type: message`` of the deepest ``__cause__`` of ``e``, on one line."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {' '.join(lines)}" if lines else type(e).__name__
 
 
 def compose_config(overrides: list[str], run_dir: str | Path | None = None,
@@ -64,7 +76,6 @@ def compose_config(overrides: list[str], run_dir: str | Path | None = None,
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)

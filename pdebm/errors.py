@@ -17,5 +17,10 @@ def positive(name: str, value, allow_zero: bool = False) -> None:
     check(ok, f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def one_of(key: str, value, choices) -> None:
+    """Check that the setting ``key`` is one of ``choices``."""
+    check(value in choices, f"{key}={value!r} is not one of {list(choices)}")
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; reported in one line like a ConfigError."""

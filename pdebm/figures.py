@@ -1,4 +1,7 @@
-"""Pictures logged to TensorBoard: the 2D density/negatives/data figure and image grids."""
+"""Pictures logged to TensorBoard: the 2D density/negatives/data figure and image grids.
+
+The one module that imports ``matplotlib.pyplot``; it selects the ``Agg`` backend first, so
+every other module imports pictures from here."""
 
 from __future__ import annotations
 
@@ -11,11 +14,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from pdebm.metrics.grid import GriddedModel  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from pdebm.grid import GriddedModel  # noqa: E402
 
 
 def density_figure(model: GriddedModel, negatives: Tensor, data: Tensor,
-                   log_weights: Tensor | None = None, title: str = "") -> plt.Figure:
+                   log_weights: Tensor | None = None, title: str = "") -> Figure:
     """Model density heat-map, negatives scattered on top of it, and the data beside it."""
     g = model.grid
     extent = (g.low, g.high, g.low, g.high)
@@ -41,6 +46,22 @@ def density_figure(model: GriddedModel, negatives: Tensor, data: Tensor,
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def close_figure(fig: Figure) -> None:
+    """Free a figure's memory once it has been logged and saved."""
+    plt.close(fig)
+
+
+def save_png(grid: Tensor, path, min_pixels: int = 256) -> None:
+    """A ``(C, H, W)`` grid in [0, 1] as a PNG, upscaled (nearest neighbour) to at least
+    ``min_pixels`` a side so that small images stay visible."""
+    scale = max(1, math.ceil(min_pixels / max(grid.shape[1:])))
+    img = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    if img.shape[0] == 1:
+        plt.imsave(path, img[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        plt.imsave(path, img.permute(1, 2, 0).numpy())
 
 
 def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Tensor:

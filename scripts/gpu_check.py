@@ -31,7 +31,8 @@ import torch  # noqa: E402
 from pdebm.config import compose_config  # noqa: E402
 from pdebm.metrics.ais import ais_log_z  # noqa: E402
 from pdebm.samplers.langevin import LangevinConfig  # noqa: E402
-from pdebm.train import Run, build, loss_fn  # noqa: E402
+from pdebm.step import train_step  # noqa: E402
+from pdebm.build import Run, build  # noqa: E402
 
 
 def timed(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
@@ -50,17 +51,10 @@ def timed(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def train_step(run: Run) -> None:
-    """One optimizer step exactly as the trainer takes it (pdebm/train.py: train)."""
+def one_step(run: Run) -> None:
+    """One optimizer step exactly as the trainer takes it (:func:`pdebm.step.train_step`)."""
     x_data = run.dataset.train_batch(run.cfg.batch_size).to(run.device)
-    x_neg, log_w = run.sampler.negatives(run.energy)
-    loss, _ = loss_fn(run.energy, x_data, x_neg, log_w, float(run.cfg.energy_reg))
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    before = run.energy.frozen()
-    run.optimizer.step()
-    run.scheduler.step()
-    run.sampler.update(before, run.energy)
+    train_step(run, x_data, alpha=float(run.cfg.energy_reg), grad_clip=run.cfg.grad_clip)
 
 
 def measure(overrides: list[str], device: str, args: argparse.Namespace) -> dict[str, float]:
@@ -72,7 +66,7 @@ def measure(overrides: list[str], device: str, args: argparse.Namespace) -> dict
                               "progress=false"])
         run = build(cfg)
         out[f"train step, sampler={sampler} (batch {cfg.batch_size})"] = timed(
-            lambda: train_step(run), run.device, args.repeats)
+            lambda: one_step(run), run.device, args.repeats)
     kernel = LangevinConfig(n_steps=1, step_size=0.1, mala=True)
     out[f"AIS, {args.chains} chains × 1 temperature (MALA)"] = timed(
         lambda: ais_log_z(run.energy, n_chains=args.chains, n_temps=1, kernel=kernel, seed=0),

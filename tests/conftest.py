@@ -12,9 +12,8 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from pdebm.config import compose_config, register_resolvers
+from pdebm.config import compose_config
 
-register_resolvers()
 torch.set_num_threads(1)  # CI has 2 cores; keep tests from oversubscribing them
 
 # Settings that make a training run take a second or two.

@@ -37,7 +37,7 @@ def test_dataset_object_reproducible_and_resumable(name):
     assert not torch.allclose(d1.test[:50], first)
 
 
-# (max |coordinate|, expected radius statistics) from evaluation.md's definitions
+# (max |coordinate|, expected radius statistics) from the definitions in docs/evaluation.md
 def test_8gaussians_modes_and_scale():
     x = draw("8gaussians")
     centres = 4 * np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)], 1) / 1.414
@@ -82,3 +82,10 @@ def test_circles_and_moons_shapes():
 def test_unknown_dataset_is_config_error():
     with pytest.raises(ConfigError, match="dataset.name='spiral'"):
         Toy2D("spiral")
+
+
+def test_test_set_is_fixed_across_seeds():
+    """One policy for 2D and images: the held-out set does not depend on the run's seed."""
+    a, b = (Toy2D("8gaussians", seed=s, n_test=100, n_stats=500) for s in (0, 1))
+    assert torch.equal(a.test, b.test) and torch.equal(a.mean, b.mean)
+    assert not torch.equal(a.train_batch(50), b.train_batch(50))  # training data still follows the seed

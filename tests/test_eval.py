@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from pdebm.config import compose_config
 from pdebm.errors import ConfigError
-from pdebm.evaluate import evaluate
+from pdebm.eval import evaluate
 from pdebm.train import train
 from tests.conftest import FAST_SAMPLER, TINY, TINY_2D, run_cli
 

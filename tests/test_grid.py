@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from pdebm.metrics.grid import Grid2D
+from pdebm.grid import Grid2D
 from pdebm.samplers.exact import ExactSampler
 
 MU = torch.tensor([0.5, -0.3])
@@ -24,11 +24,11 @@ def test_grid_nll_matches_analytic_gaussian():
     x = MU + SIGMA * torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
     analytic = float(gauss_energy(x).double().mean()) + gauss_log_z()
     assert abs(grid.nll(gauss_energy, x) - analytic) < 1e-3
-    assert abs(grid.evaluate(gauss_energy).log_z - gauss_log_z()) < 1e-3
+    assert abs(grid.normalise(gauss_energy).log_z - gauss_log_z()) < 1e-3
 
 
 def test_exact_samples_have_analytic_mean_and_covariance():
-    model = Grid2D(-6, 6, 240).evaluate(gauss_energy)
+    model = Grid2D(-6, 6, 240).normalise(gauss_energy)
     n = 40000
     x = model.sample(n, torch.Generator().manual_seed(1))
     se_mean = SIGMA / math.sqrt(n)
@@ -62,7 +62,7 @@ def test_exact_sampler_mode_proportions():
 
 
 def test_lag_kl_of_exact_sample_is_at_the_floor_and_floor_shrinks():
-    model = Grid2D().evaluate(gauss_energy)
+    model = Grid2D().normalise(gauss_energy)
     gen = torch.Generator().manual_seed(2)
     floors = {n: sum(model.lag_floor(n, 30, gen) for _ in range(5)) / 5 for n in (500, 5000)}
     assert floors[5000] < floors[500] / 4          # ≈ (bins occupied)/(2n): shrinks like 1/n
@@ -74,7 +74,7 @@ def test_lag_kl_of_exact_sample_is_at_the_floor_and_floor_shrinks():
 
 
 def test_weighted_histogram_uses_weights():
-    model = Grid2D().evaluate(gauss_energy)
+    model = Grid2D().normalise(gauss_energy)
     gen = torch.Generator().manual_seed(3)
     x = torch.cat([model.sample(5000, gen), model.sample(5000, gen) + 3.0])
     log_w = torch.cat([torch.zeros(5000), torch.full((5000,), -1e4)])  # second half weightless

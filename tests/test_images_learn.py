@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import pdebm.evaluate as evaluate_mod
+import pdebm.eval as evaluate_mod
 from pdebm.config import compose_config
 from pdebm.data import images
 from pdebm.data.images import Digits, FashionMNIST
@@ -106,7 +106,7 @@ def test_authors_refresh_runs_cold_langevin_and_refuses_weights():
     e = ConvEnergy((1, 8, 8), torch.zeros(1, 8, 8), torch.ones(1, 8, 8), channels=[4],
                    base="none", zero_init_last=False)
     s = ParticleSampler(n_samples=20, field="gradient", delta="first_order", weights=False,
-                        n_steps=1, step_size=1.0, refresh=0.5, refresh_steps=3, init="burn_in",
+                        n_steps=1, kernel={"step_size": 1.0}, refresh=0.5, refresh_steps=3, init="burn_in",
                         burn_in=2)
     x, _ = s.negatives(e)
     assert s.grad_evals == 2 * 20  # burn-in: ULA evaluates ∇E once per step
@@ -160,7 +160,8 @@ def test_paper_fashion_preset_composes_and_runs(tmp_path):
                           "eval.mmd_points=8", "sampler.n_steps=1", "sampler.burn_in=1",
                           "sampler.refresh_steps=1", "energy.nc=8"], run_dir=tmp_path / "run")
     assert cfg.energy.base == "none" and cfg.sampler.refresh_noise_scale == 0.005
-    assert cfg.sampler.step_size == 1.0 and cfg.lr == 1e-4 and cfg.batch_size == 8
+    assert cfg.langevin.step_size == 1.0 and cfg.sampler.kernel.step_size == 1.0
+    assert cfg.lr == 1e-4 and cfg.batch_size == 8
     final = train(cfg)
     assert math.isfinite(final["mmd2"])
 

@@ -1,4 +1,4 @@
-"""The particle sampler (design §3–§4) on prescribed energy paths where the truth is known.
+"""The particle sampler (docs/method.md) on prescribed energy paths where the truth is known.
 
 No learning happens here: the tests move the energy's parameters by hand, take the frozen
 snapshot before each move and call ``update(before, after)`` as the trainer would. Tolerances
@@ -11,6 +11,7 @@ import copy
 import inspect
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from pdebm.energy.mlp import MLPEnergy
 from pdebm.errors import ConfigError
 from pdebm.samplers.langevin import energy_and_grad
 from pdebm.samplers.particle import ParticleSampler, exact_delta, first_order_delta
+from pdebm.step import train_step
 from pdebm.samplers.weights import (ExactCurvature, HutchinsonCurvature, ess, hessian,
                                     systematic_resample)
 
@@ -103,18 +105,9 @@ def perturb_(energy: nn.Module, scale: float) -> None:
 
 def trainer_step(energy: nn.Module, opt: torch.optim.Optimizer, sampler: ParticleSampler,
                  data: Tensor, alpha: float) -> None:
-    """One training step exactly as the trainer does it (the sampler contract)."""
-    x, log_w = sampler.negatives(energy)
-    w_bar = torch.softmax(log_w.detach(), 0)
-    e_data, e_neg = energy(data), energy(x)
-    loss = e_data.mean() - (w_bar * e_neg).sum()
-    if alpha > 0:
-        loss = loss + alpha * (e_data.pow(2).mean() + (w_bar * e_neg.pow(2)).sum())
-    opt.zero_grad()
-    loss.backward()
-    before = energy.frozen()
-    opt.step()
-    sampler.update(before, energy)
+    """One training step: the trainer's own :func:`pdebm.step.train_step` (the sampler contract)."""
+    parts = SimpleNamespace(energy=energy, sampler=sampler, optimizer=opt, scheduler=None)
+    train_step(parts, data, alpha=alpha)
 
 
 # ------------------------------------------------------------------ transport on Gaussians
@@ -164,7 +157,8 @@ def test_optimal_transport_tracks_a_gaussian_path_without_langevin(field: str) -
     {"field": "none"},
     {"field": "optimal"},
     {"field": "optimal", "logdet": "hutchinson"},
-    {"field": "optimal", "ess_threshold": 0.9, "n_steps": 5, "mala": True, "step_size": 0.05},
+    {"field": "optimal", "ess_threshold": 0.9, "n_steps": 5,
+     "kernel": {"mala": True, "step_size": 0.05}},
 ], ids=["reweight-only", "optimal-exact-logdet", "optimal-hutchinson", "optimal-resample-mala"])
 def test_weighted_estimates_follow_a_gaussian_mixture_path(settings: dict) -> None:
     torch.manual_seed(0)
@@ -355,7 +349,7 @@ def test_shortcut_and_direct_gradient_give_the_same_particles() -> None:
 @pytest.mark.parametrize("settings", [
     {"loss_energy_reg": 0.1},
     {"weights": True, "ess_threshold": 0.99, "refresh": 0.2, "substeps": 2},
-    {"delta": "first_order", "weights": True, "mala": True, "logdet": "hutchinson"},
+    {"delta": "first_order", "weights": True, "kernel": {"mala": True}, "logdet": "hutchinson"},
 ], ids=["unweighted-shortcut", "weighted-resample-refresh", "first-order-hutchinson-mala"])
 def test_state_dict_round_trip_reproduces_the_next_update(settings: dict) -> None:
     torch.manual_seed(10)

@@ -67,7 +67,7 @@ def test_ula_weights_correct_for_discretisation():
 
 def test_sgld_from_uniform_noise_samples_gaussian():
     torch.manual_seed(3)
-    s = SGLD(n_samples=4000, n_steps=300, step_size=0.05, mala=True, init="uniform", uniform_box=(-4, 4))
+    s = SGLD(n_samples=4000, n_steps=300, kernel={"step_size": 0.05, "mala": True}, init="uniform", uniform_box=(-4, 4))
     x, log_w = s.negatives(gaussian_energy())
     assert torch.all(log_w == 0) and s.grad_evals == 301 * 4000
     check_moments(x, 4000)
@@ -75,8 +75,8 @@ def test_sgld_from_uniform_noise_samples_gaussian():
 
 def test_pcd_chains_converge_to_gaussian():
     torch.manual_seed(4)
-    s = PCD(n_samples=2000, buffer_size=2000, reinit_prob=0.0, n_steps=20, step_size=0.05,
-            mala=True, init="uniform", uniform_box=(-4, 4))
+    s = PCD(n_samples=2000, buffer_size=2000, reinit_prob=0.0, n_steps=20,
+            kernel={"step_size": 0.05, "mala": True}, init="uniform", uniform_box=(-4, 4))
     e = gaussian_energy()
     for _ in range(15):  # 300 persistent steps in total
         x, _ = s.negatives(e)
@@ -94,10 +94,11 @@ def test_pcd_replay_buffer_reinitialises():
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"n_steps": 0}, "sampler.n_steps must be > 0"),
-    ({"step_size": -1.0}, "sampler.step_size must be > 0"),
+    ({"kernel": {"step_size": -1.0}}, "langevin.step_size must be > 0"),
+    ({"kernel": {"step": 0.1}}, "langevin: unknown key"),
     ({"n_samples": 0}, "sampler.n_samples must be > 0"),
     ({"init": "zeros"}, "sampler.init='zeros'"),
-    ({"mala": True, "noise_scale": 0.5}, "mala=true needs noise_scale=null"),
+    ({"kernel": {"mala": True, "noise_scale": 0.5}}, "mala=true needs noise_scale=null"),
 ])
 def test_bad_sampler_settings(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -24,14 +24,8 @@ evaluated on exactly the same held-out tensor.
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
-import struct
-import tempfile
-import urllib.error
-import urllib.request
-import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pdebm.data.base import Dataset
-from pdebm.errors import ConfigError, check, positive
+from pdebm.errors import ConfigError, check, one_of, positive
+from pdebm.data.idx import download_idx, find_idx, read_idx
 
 TRANSFORMS = ("none", "logit", "zca")
 SPLIT_SEED = 0        # digits train/test permutation (fixed: the split never depends on the run)
@@ -76,8 +71,7 @@ class ImageDataset(Dataset):
                  dequantize: bool = True, transform: str = "none", logit_lambda: float = 0.05,
                  n_train: int | None = None, n_test: int | None = None,
                  n_stats: int | None = None, zca_shrinkage: float = 1e-4) -> None:
-        check(transform in TRANSFORMS,
-              f"dataset.transform={transform!r} is not one of {list(TRANSFORMS)}")
+        one_of("dataset.transform", transform, TRANSFORMS)
         check(0.0 < float(logit_lambda) < 0.5,
               f"dataset.logit_lambda must be in (0, 0.5), got {logit_lambda}")
         train, test = _as_nchw(train), _as_nchw(test)
@@ -250,39 +244,6 @@ class Digits(ImageDataset):
 
 # ------------------------------------------------------------------------ MNIST-style IDX sets
 
-IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
-              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (``.gz`` if the name ends so): magic ``00 00 <dtype> <ndim>``, then
-    ``ndim`` big-endian uint32 sizes, then the data in row-major order.
-
-    Malformed files (bad magic, truncated, wrong size, broken gzip) are a one-line
-    :class:`ConfigError` naming the file.
-    """
-    path = Path(path)
-    try:
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError, zlib.error) as e:
-        raise ConfigError(f"cannot read IDX file {path}: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES or raw[3] == 0:
-        raise ConfigError(f"{path} is not an IDX file (magic number {raw[:4].hex() or 'missing'}, "
-                          "expected 0000<type><ndim>)")
-    dtype, ndim = IDX_DTYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    check(len(raw) >= header, f"{path} is truncated: its header needs {header} bytes, "
-          f"the file has {len(raw)}")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = math.prod(dims) * dtype.itemsize
-    check(len(raw) - header == expected,
-          f"{path} is truncated or corrupt: its header says shape {tuple(dims)} ({expected} data "
-          f"bytes), the file has {len(raw) - header}")
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
-
-
 class MNIST(ImageDataset):
     """MNIST digits (28×28, 256 grey levels) read from the standard IDX files in ``root``.
 
@@ -339,30 +300,8 @@ class MNIST(ImageDataset):
 
         ``root`` (and its ``raw`` layouts) first; the :attr:`SYSTEM_DIRS` only when ``root``
         holds neither split, so the two splits never come from different places."""
-        found = self._search(split, self._dirs())
-        if found is not None:
-            return found
-        if not any(self._search(s, self._dirs()) for s in self.FILES):
-            found = self._search(split, [Path(d) for d in self.SYSTEM_DIRS])
-            if found is not None:
-                return found
-        name = self.FILES[split]
-        files = " and ".join(f"{n}(.gz)" for n in self.FILES.values())
-        also = "".join(f" (nor in {d})" for d in self.SYSTEM_DIRS)
-        if not self.root.is_dir():
-            raise ConfigError(f"dataset.root={self.root}: {self.title} data directory does not "
-                              f"exist{also}; put {files} there, or set dataset.download=true"
-                              f"{self.SYSTEM_HINT}")
-        raise ConfigError(f"dataset.root={self.root}: {name}(.gz) not found; put {files} "
-                          f"there, or set dataset.download=true{self.SYSTEM_HINT}")
-
-    def _search(self, split: str, dirs: Sequence[Path]) -> Path | None:
-        name = self.FILES[split]
-        for d in dirs:
-            for candidate in (d / name, d / f"{name}.gz"):
-                if candidate.is_file():
-                    return candidate
-        return None
+        return find_idx(self.root, self._dirs(), self.FILES[split], self.title,
+                        list(self.FILES.values()), self.SYSTEM_DIRS, self.SYSTEM_HINT)
 
     def _load(self, path: Path) -> np.ndarray:
         images = read_idx(path)
@@ -373,22 +312,7 @@ class MNIST(ImageDataset):
 
     def download(self) -> None:
         """Fetch the four standard ``.gz`` files into ``root`` (skipping files already there)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        for name in self.DOWNLOAD_FILES:
-            target = self.root / f"{name}.gz"
-            if target.is_file() or (self.root / name).is_file():
-                continue
-            errors = []
-            for mirror in self.MIRRORS:
-                try:
-                    _fetch(mirror + f"{name}.gz", target)
-                    break
-                except (urllib.error.URLError, OSError, TimeoutError) as e:
-                    errors.append(getattr(e, "reason", e))
-            else:
-                raise ConfigError(f"dataset.download=true: cannot fetch {name}.gz from "
-                                  f"{len(self.MIRRORS)} mirror(s) (offline? last error: "
-                                  f"{errors[-1]}); put the files in {self.root} by hand")
+        download_idx(self.root, self.DOWNLOAD_FILES, self.MIRRORS)
 
 
 class FashionMNIST(MNIST):
@@ -404,20 +328,6 @@ class FashionMNIST(MNIST):
     MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
     SYSTEM_DIRS = (FASHION_MNIST_SYSTEM_DIR,)
     SYSTEM_HINT = '; or run "apt-get install dataset-fashion-mnist"'
-
-
-def _fetch(url: str, target: Path, timeout: float = 60.0) -> None:
-    """Download ``url`` to ``target`` atomically (temporary file, then rename)."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        data = response.read()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _as_nchw(images: np.ndarray) -> np.ndarray:

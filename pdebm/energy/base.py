@@ -1,7 +1,7 @@
 """The Gaussian base term and the energy-model wrapper shared by every architecture.
 
 An energy is ``E_θ(x) = f_θ(x) − log N(x; μ, diag σ²)``: a network ``f_θ`` plus a learnable
-diagonal Gaussian base (the authors' 2D choice, design §5). With the network's last layer
+diagonal Gaussian base (the authors' choice, docs/method.md, "Energy model"). With the network's last layer
 zero-initialised, ``f_θ ≡ 0`` at step 0 and the model *is* the base distribution, so samples of
 the base are exact samples of the initial model.
 
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from pdebm.errors import check
+from pdebm.errors import check, one_of
 
 Energy = Callable[[Tensor], Tensor]
 """Anything that maps a batch ``x`` of shape ``(N, *shape)`` to energies of shape ``(N,)``."""
@@ -195,5 +195,5 @@ ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU
 
 def make_activation(name: str) -> nn.Module:
     """Build an activation by name; unknown names are a :class:`ConfigError`."""
-    check(name in ACTIVATIONS, f"energy.activation={name!r} is not one of {sorted(ACTIVATIONS)}")
+    one_of("energy.activation", name, sorted(ACTIVATIONS))
     return ACTIVATIONS[name]()

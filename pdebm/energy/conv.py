@@ -1,4 +1,4 @@
-"""Convolutional energy for images ``(C, H, W)``, with optional spectral normalisation (design §5).
+"""Convolutional energy for images ``(C, H, W)``, with optional spectral normalisation (docs/method.md, "Energy model").
 
 Why not ``torch.nn.utils.parametrizations.spectral_norm``: in training mode it runs one power
 iteration in *every* forward pass and writes the result into its ``_u``/``_v`` buffers, so the

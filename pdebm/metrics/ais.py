@@ -1,5 +1,5 @@
 """Annealed importance sampling (AIS, Neal 2001) of ``log Z`` of an energy model, and the test
-log-likelihood in nats and bits/dim built on it (evaluation.md, "Images").
+log-likelihood in nats and bits/dim built on it (docs/evaluation.md, "Images").
 
 Path: from a normalised Gaussian ``p₀`` (``start``: by default the model's own base; for image
 models ``pdebm eval`` passes a Gaussian fitted to the training data, :func:`fit_gaussian`, which

@@ -1,4 +1,4 @@
-"""MMD² between negatives and held-out data with a sum of Gaussian kernels (evaluation.md)."""
+"""MMD² between negatives and held-out data with a sum of Gaussian kernels (docs/evaluation.md)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""The one interface every sampler implements (architecture.md, "A sampler has one small
-interface"). The trainer calls only these methods and knows nothing else about a sampler.
+"""The one interface every sampler implements (docs/architecture.md, "Samplers"). The trainer
+calls only these methods and knows nothing else about a sampler.
 
-Per training step the trainer does::
+Per training step :func:`pdebm.step.train_step` does::
 
     x, log_w = sampler.negatives(energy)          # samples of the current model
-    loss = mean E(data) − Σ softmax(log_w)·E(x)   # x is used as returned (never detached here)
-    before = energy.frozen(); optimizer.step()
+    loss = pdebm.loss.loss_fn(energy, data, x, log_w, α)   # x used as returned (never detached)
+    loss.backward(); before = energy.frozen(); optimizer.step()
     sampler.update(before, energy)                # particle dynamics lives here
 
 Randomness comes from torch's global generator, seeded once by the trainer and saved in
@@ -28,7 +28,7 @@ class Sampler(abc.ABC):
 
     Attributes:
         grad_evals: cumulative number of per-particle energy-gradient evaluations spent by
-            the sampler (the cost axis of every comparison; evaluation.md, "cost").
+            the sampler (the cost axis of every comparison; docs/evaluation.md, "Cost").
         weighted: whether ``negatives`` may return non-uniform log-weights.
         requires_2d: the sampler only works for 2D data (the exact grid sampler).
     """
@@ -58,6 +58,18 @@ class Sampler(abc.ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.grad_evals = int(state["grad_evals"])
+
+
+NOISE_INITS = ("base", "uniform")
+"""Where fresh chains start (``sampler.init`` of sgld and pcd)."""
+
+
+def initial_noise(energy: EnergyModel, n: int, init: str, uniform_box: tuple[float, float]) -> Tensor:
+    """Starting points of fresh chains: draws of the energy's Gaussian base, or uniform noise."""
+    if init == "base":
+        return energy.sample_base(n)
+    low, high = uniform_box
+    return low + (high - low) * torch.rand((n, *energy.data_shape), device=energy.device)
 
 
 def uniform_log_weights(x: Tensor) -> Tensor:

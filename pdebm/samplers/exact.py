@@ -2,7 +2,7 @@
 
 The current energy is normalised on the evaluation grid and sampled exactly (cells by their
 probability, then a uniform point inside the cell) at every step, using the same
-:class:`~pdebm.metrics.grid.Grid2D` as the test NLL. Its NLL curve is the best any sampler can
+:class:`~pdebm.grid.Grid2D` as the test NLL. Its NLL curve is the best any sampler can
 do with the same model, optimizer and data. It costs one grid evaluation (no gradients) per step.
 """
 
@@ -12,7 +12,7 @@ from torch import Tensor
 
 from pdebm.energy.base import EnergyModel
 from pdebm.errors import check, positive
-from pdebm.metrics.grid import Grid2D
+from pdebm.grid import Grid2D
 from pdebm.samplers.base import Sampler, uniform_log_weights
 
 
@@ -32,11 +32,11 @@ class ExactSampler(Sampler):
         super().__init__()
         positive("sampler.n_samples", n_samples)
         self.n_samples = n_samples
-        self.grid = Grid2D(low, high, resolution)
+        self.grid = Grid2D(low, high, resolution, prefix="sampler")
 
     def negatives(self, energy: EnergyModel) -> tuple[Tensor, Tensor]:
         check(tuple(energy.data_shape) == (2,),
               f"sampler=exact needs 2D data, got data of shape {tuple(energy.data_shape)}")
-        model = self.grid.evaluate(energy, energy.device)
+        model = self.grid.normalise(energy, energy.device)
         x = model.sample(self.n_samples).to(energy.device)  # torch's global (seeded) stream
         return x, uniform_log_weights(x)

@@ -1,4 +1,4 @@
-"""Transport fields (design §3, step 1): how far particles move along ``−∇ₓδE``.
+"""Transport fields (docs/method.md, "Transport"): how far particles move along ``−∇ₓδE``.
 
 The particles follow ``v = −∇φ`` with the potential ``φ = c·δE``; a field chooses ``c`` from
 the particles. ``gradient`` is the authors' ``c = 1``; ``optimal`` minimises the variational

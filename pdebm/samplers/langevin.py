@@ -6,7 +6,7 @@ often decouple ``σ`` from ``ε`` ("noise scale"), which is allowed for ULA only
 ``x'`` with probability ``min(1, exp(−E(x') + E(x)) q(x|x') / q(x'|x))`` and leaves ``exp(−E)``
 exactly invariant.
 
-Weighted particles (design §4): MALA keeps importance weights valid as they are; after a ULA
+Weighted particles (docs/method.md, "Importance weights"): MALA keeps importance weights valid as they are; after a ULA
 move the weight must gain ``−E(x') + E(x) + log q(x|x') − log q(x'|x)``, which this kernel adds
 when ``log_weights`` is given.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -36,9 +37,14 @@ def energy_and_grad(energy: Energy, x: Tensor) -> tuple[Tensor, Tensor]:
     return e.detach(), g.detach()
 
 
+KERNEL_KEYS = ("step_size", "noise_scale", "mala", "grad_clip")
+"""The kernel settings shared by every sampler: the ``langevin:`` node of ``conf/train.yaml``,
+which each sampler's YAML hands over as ``kernel: ${langevin}`` (``n_steps`` stays per sampler)."""
+
+
 @dataclass
 class LangevinConfig:
-    """Settings of the kernel; each sampler's YAML exposes the same names.
+    """Settings of the kernel (``n_steps`` per sampler, the rest from the ``langevin:`` node).
 
     Attributes:
         n_steps: number of Langevin steps ``K``.
@@ -53,6 +59,20 @@ class LangevinConfig:
     noise_scale: float | None = None
     mala: bool = False
     grad_clip: float | None = None
+
+    @classmethod
+    def from_settings(cls, n_steps: int, kernel: Mapping[str, Any] | None,
+                      allow_zero_steps: bool = True) -> "LangevinConfig":
+        """The kernel of a sampler: its ``n_steps`` and the ``langevin:`` settings ``kernel``
+        (a mapping with keys among :data:`KERNEL_KEYS`; missing keys take the defaults),
+        validated with the names a user types (``sampler.n_steps``, ``langevin.step_size``)."""
+        settings = dict(kernel or {})
+        unknown = sorted(set(settings) - set(KERNEL_KEYS))
+        check(not unknown, f"langevin: unknown key(s) {unknown} (allowed: {list(KERNEL_KEYS)})")
+        cfg = cls(n_steps=n_steps, **settings)
+        positive("sampler.n_steps", cfg.n_steps, allow_zero=allow_zero_steps)
+        cfg.validate("langevin", allow_zero_steps=True)
+        return cfg
 
     def validate(self, prefix: str = "sampler", allow_zero_steps: bool = True) -> None:
         positive(f"{prefix}.n_steps", self.n_steps, allow_zero=allow_zero_steps)

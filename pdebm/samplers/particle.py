@@ -1,4 +1,4 @@
-"""Particle dynamics (design §3–§4): negatives that move *with* the model.
+"""Particle dynamics (docs/method.md): negatives that move *with* the model.
 
 After every optimizer step ``θ_k → θ_{k+1}`` (``update(before, after)``) the particles are
 
@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
 from pdebm.energy.base import Energy, EnergyModel, FrozenEnergy
-from pdebm.errors import check, positive
+from pdebm.errors import check, one_of, positive
+from pdebm.loss import negatives_grad_factor
 from pdebm.samplers.base import Sampler
 from pdebm.samplers.fields import make_field
 from pdebm.samplers.langevin import LangevinConfig, energy_and_grad, langevin
@@ -55,7 +56,7 @@ from pdebm.samplers.weights import (Curvature, ExactCurvature, HutchinsonCurvatu
 
 DELTAS = ("exact", "first_order")
 LOGDETS = ("auto", "exact", "hutchinson")
-INITS = ("auto", "exact", "burn_in")
+PARTICLE_INITS = ("auto", "exact", "burn_in")
 EXACT_LOGDET_MAX_DIM = 10
 """``logdet: auto`` takes the full Hessian up to this data dimension and Hutchinson probes above."""
 SHORTCUT_RTOL = 1e-3
@@ -102,8 +103,8 @@ class ParticleSampler(Sampler):
         field: ``gradient`` (``c = 1``), ``optimal`` (``c*``) or ``none`` (no transport).
         delta: ``δE`` as ``exact`` (``E_{θ_{k+1}} − E_{θ_k}``) or ``first_order``.
         max_displacement: clip of the optimal ``c``: root-mean-square displacement per step.
-        n_steps, step_size, noise_scale, mala, grad_clip: the Langevin correction (``K = 0``
-            allowed).
+        n_steps: Langevin correction steps ``K`` after the transport (``K = 0`` allowed).
+        kernel: the Langevin kernel's settings (the ``langevin:`` node).
         refresh: fraction ``ρ`` of the particles re-drawn from the base after each step.
         refresh_steps, refresh_step_size, refresh_noise_scale: the authors' refresh: the
             re-drawn particles first take this many (cold: small noise) Langevin steps of the
@@ -112,7 +113,7 @@ class ParticleSampler(Sampler):
             ``burn_in`` Langevin steps first) or ``auto`` (burn in unless the network's output
             is identically zero at the drawn particles, i.e. the model is its base).
         burn_in: Langevin steps ``M`` of the burn-in.
-        weights: carry importance weights (design §4).
+        weights: carry importance weights (docs/method.md, "Importance weights").
         logdet: ``log|det ∇T|`` ``exact`` (Hessian), ``hutchinson`` (probes) or ``auto``
             (exact up to :data:`EXACT_LOGDET_MAX_DIM` dimensions).
         n_probes: Rademacher probes per particle for Hutchinson.
@@ -124,9 +125,8 @@ class ParticleSampler(Sampler):
     """
 
     def __init__(self, n_samples: int = 1000, field: str = "optimal", delta: str = "exact",
-                 max_displacement: float = 1.0, n_steps: int = 10, step_size: float = 1e-2,
-                 noise_scale: float | None = None, mala: bool = False,
-                 grad_clip: float | None = None, refresh: float = 0.0, init: str = "auto",
+                 max_displacement: float = 1.0, n_steps: int = 10,
+                 kernel: Mapping[str, Any] | None = None, refresh: float = 0.0, init: str = "auto",
                  burn_in: int = 1000, weights: bool = False, logdet: str = "auto",
                  n_probes: int = 1, ess_threshold: float = 0.5, substeps: int = 1,
                  jacobian_floor: float = 0.1, loss_energy_reg: float = 0.0,
@@ -135,9 +135,9 @@ class ParticleSampler(Sampler):
                  ) -> None:
         super().__init__()
         positive("sampler.n_samples", n_samples)
-        check(delta in DELTAS, f"sampler.delta={delta!r} is not one of {list(DELTAS)}")
-        check(logdet in LOGDETS, f"sampler.logdet={logdet!r} is not one of {list(LOGDETS)}")
-        check(init in INITS, f"sampler.init={init!r} is not one of {list(INITS)}")
+        one_of("sampler.delta", delta, DELTAS)
+        one_of("sampler.logdet", logdet, LOGDETS)
+        one_of("sampler.init", init, PARTICLE_INITS)
         check(0 <= refresh < 1, f"sampler.refresh must be in [0, 1), got {refresh}")
         positive("sampler.burn_in", burn_in, allow_zero=True)
         positive("sampler.n_probes", n_probes)
@@ -148,8 +148,7 @@ class ParticleSampler(Sampler):
               f"sampler.jacobian_floor must be in (0, 1), got {jacobian_floor}")
         positive("sampler.loss_energy_reg", loss_energy_reg, allow_zero=True)
         self.field = make_field(field, max_displacement)
-        self.kernel = LangevinConfig(n_steps, step_size, noise_scale, mala, grad_clip)
-        self.kernel.validate()
+        self.kernel = LangevinConfig.from_settings(n_steps, kernel)
         self.n_samples, self.delta, self.refresh = int(n_samples), delta, float(refresh)
         self.init, self.burn_in, self.weighted = init, int(burn_in), bool(weights)
         self.logdet, self.n_probes, self.ess_threshold = logdet, int(n_probes), ess_threshold
@@ -296,13 +295,15 @@ class ParticleSampler(Sampler):
         return e_after - e_before, grad_after - grad_before
 
     def _grad_before_from_loss(self, before: Energy, x: Tensor, e_before: Tensor) -> Tensor:
-        """``∇ₓE_{θ_k}(x)`` from ``x.grad = w̄ (2αE − 1) ∇ₓE`` where that factor can be divided
-        out, checked on one particle; direct gradient passes everywhere else."""
-        two_alpha_e = 2 * self.loss_energy_reg * e_before
-        factor = torch.softmax(self.log_w, 0) * (two_alpha_e - 1)
+        """``∇ₓE_{θ_k}(x)`` from ``x.grad = (∂L/∂E_i) ∇ₓE`` where that factor
+        (:func:`pdebm.loss.negatives_grad_factor`) can be divided out, checked on one particle;
+        direct gradient passes everywhere else."""
+        factor = negatives_grad_factor(e_before, self.log_w, self.loss_energy_reg)
+        w_bar = torch.softmax(self.log_w, 0)
         received = self._leaf is not None and self._leaf.grad is not None
+        # the factor must not have cancelled: |∂L/∂E_i| well above rounding of its w̄_i-sized terms
         usable = ((factor.abs() > 1e-30)
-                  & ((1 - two_alpha_e).abs() > 1e-3 * (1 + two_alpha_e.abs()))
+                  & (factor.abs() > 1e-3 * w_bar * (1 + 2 * self.loss_energy_reg * e_before.abs()))
                   & received)
         grad = torch.empty_like(x)
         if usable.any():

@@ -9,16 +9,15 @@ re-initialisation is the replay buffer of Du & Mordatch (2019).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
 from pdebm.energy.base import EnergyModel
-from pdebm.errors import check, positive
-from pdebm.samplers.base import Sampler, uniform_log_weights
+from pdebm.errors import check, one_of, positive
+from pdebm.samplers.base import NOISE_INITS, Sampler, initial_noise, uniform_log_weights
 from pdebm.samplers.langevin import LangevinConfig, langevin
-from pdebm.samplers.sgld import INITS, initial_noise
 
 
 class PCD(Sampler):
@@ -28,13 +27,13 @@ class PCD(Sampler):
         n_samples: negatives per training step (chains advanced per step).
         buffer_size: number of persistent chains kept (≥ ``n_samples``).
         reinit_prob: probability that a drawn chain restarts from noise.
-        n_steps, step_size, noise_scale, mala, grad_clip: the Langevin kernel.
+        n_steps: Langevin steps ``K`` per training step.
+        kernel: the Langevin kernel's settings (the ``langevin:`` node).
         init, uniform_box: the noise chains start from (see :class:`~pdebm.samplers.sgld.SGLD`).
     """
 
     def __init__(self, n_samples: int = 1000, buffer_size: int = 10000, reinit_prob: float = 0.05,
-                 n_steps: int = 20, step_size: float = 1e-2, noise_scale: float | None = None,
-                 mala: bool = False, grad_clip: float | None = None, init: str = "base",
+                 n_steps: int = 20, kernel: Mapping[str, Any] | None = None, init: str = "base",
                  uniform_box: tuple[float, float] = (-5.0, 5.0)) -> None:
         super().__init__()
         positive("sampler.n_samples", n_samples)
@@ -42,9 +41,8 @@ class PCD(Sampler):
         check(buffer_size >= n_samples,
               f"sampler.buffer_size ({buffer_size}) must be >= sampler.n_samples ({n_samples})")
         check(0 <= reinit_prob <= 1, f"sampler.reinit_prob must be in [0, 1], got {reinit_prob}")
-        check(init in INITS, f"sampler.init={init!r} is not one of {list(INITS)}")
-        self.kernel = LangevinConfig(n_steps, step_size, noise_scale, mala, grad_clip)
-        self.kernel.validate(allow_zero_steps=False)
+        one_of("sampler.init", init, NOISE_INITS)
+        self.kernel = LangevinConfig.from_settings(n_steps, kernel, allow_zero_steps=False)
         self.n_samples, self.buffer_size, self.reinit_prob = n_samples, buffer_size, reinit_prob
         self.init, self.uniform_box = init, tuple(uniform_box)
         self.buffer: Tensor | None = None

@@ -7,23 +7,14 @@ Nijkamp et al.; the chains never see the previous model, so nothing happens in `
 
 from __future__ import annotations
 
-import torch
+from typing import Any, Mapping
+
 from torch import Tensor
 
 from pdebm.energy.base import EnergyModel
-from pdebm.errors import check, positive
-from pdebm.samplers.base import Sampler, uniform_log_weights
+from pdebm.errors import one_of, positive
+from pdebm.samplers.base import NOISE_INITS, Sampler, initial_noise, uniform_log_weights
 from pdebm.samplers.langevin import LangevinConfig, langevin
-
-INITS = ("base", "uniform")
-
-
-def initial_noise(energy: EnergyModel, n: int, init: str, uniform_box: tuple[float, float]) -> Tensor:
-    """Starting points of fresh chains: draws of the energy's Gaussian base, or uniform noise."""
-    if init == "base":
-        return energy.sample_base(n)
-    low, high = uniform_box
-    return low + (high - low) * torch.rand((n, *energy.data_shape), device=energy.device)
 
 
 class SGLD(Sampler):
@@ -31,21 +22,20 @@ class SGLD(Sampler):
 
     Args:
         n_samples: negatives per training step.
-        n_steps, step_size, noise_scale, mala, grad_clip: the Langevin kernel
-            (:class:`~pdebm.samplers.langevin.LangevinConfig`).
+        n_steps: Langevin steps ``K`` per training step.
+        kernel: the Langevin kernel's settings (the ``langevin:`` node; see
+            :meth:`~pdebm.samplers.langevin.LangevinConfig.from_settings`).
         init: ``base`` (the energy's Gaussian base) or ``uniform`` (noise over ``uniform_box``).
         uniform_box: ``[low, high]`` per coordinate for ``init=uniform``.
     """
 
-    def __init__(self, n_samples: int = 1000, n_steps: int = 20, step_size: float = 1e-2,
-                 noise_scale: float | None = None, mala: bool = False,
-                 grad_clip: float | None = None, init: str = "base",
+    def __init__(self, n_samples: int = 1000, n_steps: int = 20,
+                 kernel: Mapping[str, Any] | None = None, init: str = "base",
                  uniform_box: tuple[float, float] = (-5.0, 5.0)) -> None:
         super().__init__()
         positive("sampler.n_samples", n_samples)
-        check(init in INITS, f"sampler.init={init!r} is not one of {list(INITS)}")
-        self.kernel = LangevinConfig(n_steps, step_size, noise_scale, mala, grad_clip)
-        self.kernel.validate(allow_zero_steps=False)
+        one_of("sampler.init", init, NOISE_INITS)
+        self.kernel = LangevinConfig.from_settings(n_steps, kernel, allow_zero_steps=False)
         self.n_samples, self.init, self.uniform_box = n_samples, init, tuple(uniform_box)
         self._accept: float | None = None
 

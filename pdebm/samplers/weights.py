@@ -1,4 +1,5 @@
-"""Importance-weight arithmetic for weighted particles (design §4), written once and tested.
+"""Importance-weight arithmetic for weighted particles (docs/method.md, "Importance weights"),
+written once and tested.
 
 - effective sample size ``ESS = (Σw)² / Σw²`` and systematic resampling;
 - ``log |det ∇T|`` of the transport ``T(x) = x − c∇ₓδE(x)``, whose Jacobian is

@@ -1,32 +1,34 @@
-"""Periodic evaluation of a training run (evaluation.md): the exact 2D quantities by grid
-quadrature, MMD², the energy gap, and the pictures."""
+"""The in-training monitor: every ``eval_every`` steps (and at the end) the ``eval/*`` metrics of
+a run (docs/evaluation.md): the exact 2D quantities by grid quadrature (``test_nll``, ``log_z``,
+``lag_kl``), MMD², the energies, and the pictures. Configured by the ``eval:`` node of
+``conf/train.yaml``. (``pdebm eval``, the AIS command for finished image runs, is
+:mod:`pdebm.eval`.)"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
 from pdebm.data.base import Dataset
 from pdebm.energy.base import EnergyModel
 from pdebm.errors import positive
-from pdebm.figures import density_figure, image_grid
-from pdebm.metrics.grid import Grid2D, GriddedModel
+from pdebm.figures import Figure, density_figure, image_grid
+from pdebm.grid import Grid2D, GriddedModel
 from pdebm.metrics.mmd import median_distance, mmd2
 
 
 @dataclass
-class EvalResult:
+class MonitorResult:
     scalars: dict[str, float]     # logged as eval/<key>
-    figure: plt.Figure | None     # 2D: density / negatives / data
+    figure: Figure | None         # 2D: density / negatives / data
     images: dict[str, Tensor]     # images: grids of negatives and data
 
 
-class Evaluator:
-    """Computes the metrics of one evaluation from the current energy and negatives.
+class Monitor:
+    """Computes the ``eval/*`` metrics of one step from the current energy and negatives.
 
     Args:
         dataset: provides the fixed held-out set.
@@ -53,7 +55,7 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, energy: EnergyModel, x: Tensor, log_w: Tensor, step: int,
-                 weighted: bool) -> EvalResult:
+                 weighted: bool) -> MonitorResult:
         dev = energy.device
         w = torch.softmax(log_w.detach(), 0) if weighted else None
         test = self.dataset.test.to(dev)
@@ -68,9 +70,9 @@ class Evaluator:
         }
         figure, images = None, {}
         if self.grid is not None:
-            model: GriddedModel = self.grid.evaluate(energy, dev)
+            model: GriddedModel = self.grid.normalise(energy, dev)
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            s["test_nll"] = float(e_test.double().mean()) + model.log_z
+            s["test_nll"] = model.nll(e_test)
             s["log_z"] = model.log_z
             s["lag_kl"] = model.lag_kl(x, log_w if weighted else None, self.lag_bins)
             s["lag_kl_floor"] = model.lag_floor(len(x), self.lag_bins, gen)
@@ -83,7 +85,7 @@ class Evaluator:
             k = min(self.n_plot, 64)
             images["negatives"] = image_grid(self.dataset.to_images(x[:k].cpu()))
             images["data"] = image_grid(self.dataset.to_images(self.dataset.test[:k]))
-        return EvalResult(s, figure, images)
+        return MonitorResult(s, figure, images)
 
 
 def _batched(energy: EnergyModel, x: Tensor, chunk: int = 4096) -> Tensor:

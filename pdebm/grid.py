@@ -1,7 +1,8 @@
 """The 2D grid normaliser: one piece of code that normalises, samples and bins a 2D energy.
 
 A 2D energy is evaluated on a regular grid of cells over a box; ``log Z ≈ logsumexp(−E) +
-log(cell area)`` (evaluation.md). The same gridded model gives
+log(cell area)`` (docs/evaluation.md). It sits on the ground floor, below the samplers (the
+exact sampler draws from it) and the monitor (test NLL, lag KL). The same gridded model gives
 
 * the **test NLL** by quadrature,
 * **exact samples** (draw cells by their probability, then a uniform point inside the cell),
@@ -55,6 +56,11 @@ class GriddedModel:
         mask = q > 0
         return float((q[mask] * (q[mask].log() - p[mask].clamp_min(1e-30).log())).sum())
 
+    def nll(self, e_x: Tensor) -> float:
+        """Mean negative log-likelihood (nats) of points whose energies are ``e_x``:
+        ``mean E(x) + log Z`` (the one NLL formula; used by the monitor and :meth:`Grid2D.nll`)."""
+        return float(e_x.double().mean()) + self.log_z
+
     def lag_floor(self, n: int, bins: int, generator: torch.Generator | None = None) -> float:
         """The lag KL of an exact sample of size ``n``: the finite-sample noise floor."""
         return self.lag_kl(self.sample(n, generator), None, bins)
@@ -67,12 +73,13 @@ class Grid2D:
         low, high: the box (default [−5, 5]², as in the authors' protocol).
         resolution: cells per side (default 200).
         chunk: points per energy evaluation (bounds memory on large grids).
+        prefix: the config node that set the grid, for error messages (``eval``, ``sampler``).
     """
 
     def __init__(self, low: float = -5.0, high: float = 5.0, resolution: int = 200,
-                 chunk: int = 20000) -> None:
-        check(high > low, f"eval.box must have low < high, got [{low}, {high}]")
-        positive("eval.resolution", resolution)
+                 chunk: int = 20000, prefix: str = "eval") -> None:
+        check(high > low, f"{prefix}.low must be < {prefix}.high, got [{low}, {high}]")
+        positive(f"{prefix}.resolution", resolution)
         self.low, self.high, self.resolution, self.chunk = float(low), float(high), int(resolution), chunk
         self.cell = (self.high - self.low) / self.resolution
 
@@ -86,7 +93,7 @@ class Grid2D:
         return torch.stack(torch.meshgrid(c, c, indexing="ij"), dim=-1)
 
     @torch.no_grad()
-    def evaluate(self, energy: Energy, device: torch.device | str = "cpu") -> GriddedModel:
+    def normalise(self, energy: Energy, device: torch.device | str = "cpu") -> GriddedModel:
         """Evaluate and normalise ``energy`` on the grid."""
         pts = self.centres().reshape(-1, 2).to(device)
         e = torch.cat([energy(pts[i:i + self.chunk]) for i in range(0, len(pts), self.chunk)])
@@ -98,8 +105,8 @@ class Grid2D:
     @torch.no_grad()
     def nll(self, energy: Energy, x: Tensor, model: GriddedModel | None = None) -> float:
         """Mean negative log-likelihood of ``x`` (nats): ``mean E(x) + log Z``."""
-        model = model or self.evaluate(energy, x.device)
-        return float(energy(x).double().mean()) + model.log_z
+        model = model or self.normalise(energy, x.device)
+        return model.nll(energy(x))
 
     def histogram(self, x: Tensor, weights: Tensor | None, bins: int) -> Tensor:
         """Normalised (weighted) 2D histogram on ``bins × bins`` over the box; points outside

@@ -1,7 +1,8 @@
 """`pdebm eval`: AIS log-likelihood of a finished image run, and a grid of long-run samples.
 
 ``main`` is the thin ``@hydra.main`` entry; ``evaluate(cfg)`` is a plain function that tests call
-in-process. The dataset and energy are rebuilt from the checkpoint's own stored config (so the
+in-process. It stands beside :mod:`pdebm.train` on :mod:`pdebm.build` and never imports the
+trainer. (The periodic ``eval/*`` metrics during training are :mod:`pdebm.monitor`.) The dataset and energy are rebuilt from the checkpoint's own stored config (so the
 evaluation never depends on today's defaults) and the trained weights are loaded into them.
 
 Everything is written into the evaluated run's directory, next to its training summaries:
@@ -26,20 +27,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from pdebm import checkpoint
-from pdebm.config import CONFIG_DIR, register_resolvers
-from pdebm.errors import ConfigError, check, positive
-from pdebm.figures import image_grid
+from pdebm.config import CONFIG_DIR
+from pdebm.errors import ConfigError, check, one_of, positive
+from pdebm.figures import image_grid, save_png
+from pdebm.io import atomic_write_text
 from pdebm.metrics.ais import ESS_WARNING, ais_log_likelihood, fit_gaussian
 from pdebm.samplers.langevin import LangevinConfig
-from pdebm.train import build_data_and_energy, resolve_device
-
-register_resolvers()
+from pdebm.build import build_data_and_energy, resolve_device, set_threads
 
 TRANSITIONS = ("mala", "ula")
 STARTS = ("fitted_full", "fitted_diag", "base")
 RESULTS = "ais.json"
 GRID_PNG = "samples_ais.png"
-GRID_MIN_PIXELS = 256  # the PNG is upscaled (nearest neighbour) to at least this many pixels a side
 
 
 def run_directory(ckpt: Path) -> Path:
@@ -70,19 +69,16 @@ def validate(cfg: DictConfig) -> None:
     """The evaluation's own settings (the AIS routine checks the rest with ``eval.`` names)."""
     check(not OmegaConf.is_missing(cfg, "run"),
           "run=<run directory or checkpoint> is required (e.g. pdebm eval run=outputs/train/...)")
-    check(cfg.transition in TRANSITIONS,
-          f"transition={cfg.transition!r} is not one of {list(TRANSITIONS)}")
+    one_of("transition", cfg.transition, TRANSITIONS)
     if cfg.n_test is not None:
         positive("n_test", cfg.n_test)
     check(cfg.n_chains is not None and cfg.n_chains >= 2,
           f"n_chains must be >= 2 (the standard error of log Z needs two chains), got {cfg.n_chains}")
     positive("n_samples_grid", cfg.n_samples_grid, allow_zero=True)
-    check(cfg.start in STARTS, f"start={cfg.start!r} is not one of {list(STARTS)}")
+    one_of("start", cfg.start, STARTS)
     positive("shrinkage", cfg.shrinkage, allow_zero=True)
     check(cfg.convergence_factor is None or int(cfg.convergence_factor) >= 2,
           f"convergence_factor must be >= 2 or null, got {cfg.convergence_factor}")
-    if cfg.num_threads is not None:
-        positive("num_threads", cfg.num_threads)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -90,8 +86,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     returns what ``ais.json`` holds."""
     validate(cfg)
     device = resolve_device(cfg.device)
-    if cfg.num_threads is not None:
-        torch.set_num_threads(int(cfg.num_threads))
+    set_threads(cfg.num_threads)
     ckpt = checkpoint.resolve(cfg.run)
     state = checkpoint.load(ckpt)
     out = run_directory(ckpt)
@@ -156,7 +151,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         writer.add_image("samples/ais", grid, step)
         save_png(grid, out / GRID_PNG)
     writer.close()
-    (out / RESULTS).write_text(json.dumps(report, indent=2))
+    atomic_write_text(out / RESULTS, json.dumps(report, indent=2))
     return report
 
 
@@ -167,18 +162,6 @@ def _start_log_likelihood(start, x_test: torch.Tensor, dataset, device: torch.de
     x = x_test.to(device)
     ll = start.log_prob(x).double().cpu() + dataset.log_det_jacobian(x_test).double()
     return float(ll.mean())
-
-
-def save_png(grid: torch.Tensor, path: Path) -> None:
-    """A ``(C, H, W)`` grid in [0, 1] as a PNG, upscaled so that small images stay visible."""
-    import matplotlib.pyplot as plt
-
-    scale = max(1, math.ceil(GRID_MIN_PIXELS / max(grid.shape[1:])))
-    img = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-    if img.shape[0] == 1:
-        plt.imsave(path, img[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
-    else:
-        plt.imsave(path, img.permute(1, 2, 0).numpy())
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
