@@ -31,11 +31,12 @@ from pdebm.config import CONFIG_DIR
 from pdebm.errors import ConfigError, check, one_of, positive
 from pdebm.figures import image_grid, save_png
 from pdebm.io import atomic_write_text
-from pdebm.metrics.ais import ais_log_likelihood
+from pdebm.metrics.ais import ESS_WARNING, ais_log_likelihood, fit_gaussian
 from pdebm.samplers.langevin import LangevinConfig
 from pdebm.build import build_data_and_energy, resolve_device, set_threads
 
 TRANSITIONS = ("mala", "ula")
+STARTS = ("fitted_full", "fitted_diag", "base")
 RESULTS = "ais.json"
 GRID_PNG = "samples_ais.png"
 
@@ -74,6 +75,10 @@ def validate(cfg: DictConfig) -> None:
     check(cfg.n_chains is not None and cfg.n_chains >= 2,
           f"n_chains must be >= 2 (the standard error of log Z needs two chains), got {cfg.n_chains}")
     positive("n_samples_grid", cfg.n_samples_grid, allow_zero=True)
+    one_of("start", cfg.start, STARTS)
+    positive("shrinkage", cfg.shrinkage, allow_zero=True)
+    check(cfg.convergence_factor is None or int(cfg.convergence_factor) >= 2,
+          f"convergence_factor must be >= 2 or null, got {cfg.convergence_factor}")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -95,18 +100,45 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     kernel = LangevinConfig(n_steps=int(cfg.n_steps), step_size=float(cfg.step_size),
                             mala=cfg.transition == "mala")
     t0 = time.perf_counter()
-    result = ais_log_likelihood(
+    if cfg.start == "base":
+        check(energy.base is not None, "start=base: this run's energy has no Gaussian base "
+              "(energy.base=none); use start=fitted_full or start=fitted_diag")
+        start = energy.base
+    else:  # a Gaussian fitted to the training images, in model space (not part of the model)
+        start = fit_gaussian(dataset.statistics_images().to(device),
+                             "full" if cfg.start == "fitted_full" else "diag",
+                             float(cfg.shrinkage), prefix="eval")
+    temps = [int(cfg.n_temps)]
+    if cfg.convergence_factor is not None:
+        temps.append(int(cfg.n_temps) * int(cfg.convergence_factor))
+    results = [ais_log_likelihood(
         energy, x_test, dataset=dataset, batch_size=int(cfg.batch_size),
-        n_chains=int(cfg.n_chains), n_temps=int(cfg.n_temps), schedule=cfg.schedule,
+        n_chains=int(cfg.n_chains), n_temps=t, schedule=cfg.schedule,
         beta_min=float(cfg.beta_min), kernel=kernel, adapt_step_size=bool(cfg.adapt_step_size),
-        seed=int(cfg.seed), progress=bool(cfg.progress), prefix="eval")
+        seed=int(cfg.seed), progress=bool(cfg.progress), prefix="eval", start=start)
+        for t in temps]
+    result = results[-1]  # the longest schedule is the estimate; the shorter one checks it
     scalars = {**result.scalars(), "wall_clock_s": time.perf_counter() - t0}
     step = int(state["step"])
     settings = {k: cfg[k] for k in ("n_chains", "n_temps", "schedule", "beta_min", "transition",
-                                    "step_size", "n_steps", "adapt_step_size", "seed")}
+                                    "step_size", "n_steps", "adapt_step_size", "seed", "start",
+                                    "shrinkage", "convergence_factor")}
+    convergence = [{"n_temps": t, "log_likelihood": r.log_likelihood,
+                    "log_likelihood_se": r.log_likelihood_se, "bits_per_dim": r.bits_per_dim,
+                    "log_z": r.ais.log_z, "ess_fraction": r.ess_fraction}
+                   for t, r in zip(temps, results)]
+    warnings_ = []
+    if result.ess_fraction < ESS_WARNING:
+        warnings_.append(f"AIS ESS/N = {result.ess_fraction:.3f} < {ESS_WARNING}: the estimate "
+                         "rests on a few chains and is not trustworthy (more n_temps or n_chains)")
+    if len(results) > 1:
+        scalars["log_likelihood_change"] = results[-1].log_likelihood - results[0].log_likelihood
     report = {"checkpoint": str(ckpt.resolve()), "step": step, "n_test": len(x_test),
-              "n_dims": result.n_dims, "final_step_size": result.ais.step_size,
-              "settings": settings, **scalars}
+              "n_dims": result.n_dims, "n_temps": temps[-1],
+              "final_step_size": result.ais.step_size,
+              "start_log_likelihood": _start_log_likelihood(start, x_test, dataset, device),
+              "settings": settings, **scalars, "convergence": convergence,
+              "warnings": warnings_}
     check(all(math.isfinite(v) for v in scalars.values()),
           f"AIS gave non-finite numbers ({scalars}); try a smaller step_size or more n_temps")
 
@@ -123,6 +155,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
+@torch.no_grad()
+def _start_log_likelihood(start, x_test: torch.Tensor, dataset, device: torch.device) -> float:
+    """Exact mean test log-likelihood (nats, pixel space) of AIS's start Gaussian itself: the
+    reference the model should beat."""
+    x = x_test.to(device)
+    ll = start.log_prob(x).double().cpu() + dataset.log_det_jacobian(x_test).double()
+    return float(ll.mean())
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point of ``pdebm eval``; a ConfigError becomes one line on stderr."""
@@ -132,7 +173,12 @@ def main(cfg: DictConfig) -> None:
         print(f"pdebm: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     out = run_directory(Path(report["checkpoint"]))
+    steps = ", ".join(f"T={c['n_temps']}: {c['log_likelihood']:.2f}"
+                      for c in report["convergence"])
     print(f"pdebm: AIS of {out} at step {report['step']}: log-likelihood "
           f"{report['log_likelihood']:.2f} ± {report['log_likelihood_se']:.2f} nats, "
           f"{report['bits_per_dim']:.4f} bits/dim (log Z {report['log_z']:.2f} ± "
-          f"{report['log_z_se']:.2f}); wrote {out / RESULTS}")
+          f"{report['log_z_se']:.2f}; ESS/N {report['ess_fraction']:.3f}; {steps}; start "
+          f"Gaussian {report['start_log_likelihood']:.2f}); wrote {out / RESULTS}")
+    for w in report["warnings"]:
+        print(f"pdebm: warning: {w}", file=sys.stderr)

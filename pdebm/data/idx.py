@@ -55,19 +55,36 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def find_idx(root: Path, dirs: Sequence[Path], name: str, title: str,
-             all_files: Sequence[str]) -> Path:
+             all_files: Sequence[str], system_dirs: Sequence[str | Path] = (),
+             hint: str = "") -> Path:
     """``name`` or ``name.gz`` in the first of ``dirs`` that has it, or a one-line ConfigError
-    saying what to put where."""
+    saying what to put where.
+
+    ``system_dirs`` (e.g. where a Debian package installs the files) are searched only when
+    ``dirs`` hold none of ``all_files``, so two splits never come from different places;
+    ``hint`` ends the error message (e.g. the package to install)."""
+    found = _search(dirs, name)
+    if found is not None:
+        return found
+    if system_dirs and not any(_search(dirs, n) for n in all_files):
+        found = _search([Path(d) for d in system_dirs], name)
+        if found is not None:
+            return found
+    files = " and ".join(f"{n}(.gz)" for n in all_files)
+    also = "".join(f" (nor in {d})" for d in system_dirs)
+    if not root.is_dir():
+        raise ConfigError(f"dataset.root={root}: {title} data directory does not "
+                          f"exist{also}; put {files} there, or set dataset.download=true{hint}")
+    raise ConfigError(f"dataset.root={root}: {name}(.gz) not found{also}; put {files} there, "
+                      f"or set dataset.download=true{hint}")
+
+
+def _search(dirs: Sequence[Path], name: str) -> Path | None:
     for d in dirs:
         for candidate in (d / name, d / f"{name}.gz"):
             if candidate.is_file():
                 return candidate
-    files = " and ".join(f"{n}(.gz)" for n in all_files)
-    if not root.is_dir():
-        raise ConfigError(f"dataset.root={root}: {title} data directory does not "
-                          f"exist; put {files} there, or set dataset.download=true")
-    raise ConfigError(f"dataset.root={root}: {name}(.gz) not found; put {files} there, "
-                      "or set dataset.download=true")
+    return None
 
 
 def download_idx(root: Path, names: Sequence[str], mirrors: Sequence[str]) -> None:

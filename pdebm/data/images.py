@@ -6,7 +6,10 @@ to the *model space* the energy sees:
 1. scale to the pixel space ``u ∈ [0, 1]``: ``u = (v + U)/L`` with ``U ~ U[0, 1)`` per pixel when
    ``dequantize`` (uniform dequantisation: a continuous density on ``[0, 1)^D`` whose likelihood
    bounds the discrete one), otherwise ``u = v/(L − 1)``;
-2. ``transform``: ``none`` (``x = u``) or ``logit`` (``x = logit(λ + (1 − 2λ)u)``).
+2. ``transform``: ``none`` (``x = u``), ``logit`` (``x = logit(λ + (1 − 2λ)u)``) or ``zca``
+   (``x = (Σ + sI)^{−1/2}(u − m)``, ZCA whitening with the pixel mean ``m`` and covariance ``Σ``
+   of the training images: in model space the fitted full-covariance Gaussian is ``N(0, I)``,
+   the base starts as exactly that Gaussian, and one Langevin step size suits every direction).
 
 ``to_images`` inverts step 2 (for display), and ``log_det_jacobian`` gives ``log |∂x/∂u|`` so that
 a model-space log-density converts to the pixel space: ``log p(u) = log p(x) + log |∂x/∂u|``
@@ -35,11 +38,13 @@ from pdebm.data.base import Dataset
 from pdebm.errors import check, one_of, positive
 from pdebm.data.idx import download_idx, find_idx, read_idx
 
-TRANSFORMS = ("none", "logit")
+TRANSFORMS = ("none", "logit", "zca")
 SPLIT_SEED = 0        # digits train/test permutation (fixed: the split never depends on the run)
 TEST_NOISE_SEED = 1   # dequantisation noise of the fixed test set
 STATS_SEED = 2        # dequantisation noise used for the data mean/std (base initialisation)
 _STATS_CHUNK = 8192   # images preprocessed at once when computing statistics
+FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+"""Where Debian's ``dataset-fashion-mnist`` installs the four IDX ``.gz`` files."""
 
 
 class ImageDataset(Dataset):
@@ -65,7 +70,7 @@ class ImageDataset(Dataset):
     def __init__(self, train: np.ndarray, test: np.ndarray, levels: int, seed: int = 0,
                  dequantize: bool = True, transform: str = "none", logit_lambda: float = 0.05,
                  n_train: int | None = None, n_test: int | None = None,
-                 n_stats: int | None = None) -> None:
+                 n_stats: int | None = None, zca_shrinkage: float = 1e-4) -> None:
         one_of("dataset.transform", transform, TRANSFORMS)
         check(0.0 < float(logit_lambda) < 0.5,
               f"dataset.logit_lambda must be in (0, 0.5), got {logit_lambda}")
@@ -78,10 +83,17 @@ class ImageDataset(Dataset):
         self.logit_lambda = float(logit_lambda)
         self.shape = tuple(int(s) for s in self._train.shape[1:])
         self.n_train = len(self._train)
-        self.test = self._preprocess(test, np.random.default_rng(TEST_NOISE_SEED))
         if n_stats is not None:
             positive("dataset.n_stats", n_stats)
-        self.mean, self.std = self._statistics(min(n_stats or self.n_train, self.n_train))
+        self.n_stats = min(n_stats or self.n_train, self.n_train)
+        positive("dataset.zca_shrinkage", zca_shrinkage)
+        self.zca_shrinkage = float(zca_shrinkage)
+        if transform == "zca":
+            self._fit_zca()
+        self.test = self._preprocess(test, np.random.default_rng(TEST_NOISE_SEED))
+        self.mean, self.std = self._statistics(self.n_stats)
+        if transform == "zca":  # the base starts as N(0, I): the fitted full-covariance Gaussian
+            self.mean, self.std = torch.zeros_like(self.mean), torch.ones_like(self.std)
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
         self._order = self.rng.permutation(self.n_train)
         self._pos = 0
@@ -92,10 +104,38 @@ class ImageDataset(Dataset):
         """Dimensions per image ``D = C·H·W`` (the denominator of bits/dim)."""
         return math.prod(self.shape)
 
+    def _fit_zca(self) -> None:
+        """ZCA whitening ``x = W(u − m)``, ``W = (Σ + sI)^{−1/2}`` (symmetric), from the pixel
+        mean ``m`` and covariance ``Σ`` of the statistics images; ``s`` = ``zca_shrinkage``."""
+        self.transform = "none"  # fit on pixels
+        u = self.statistics_images().flatten(1)
+        self.transform = "zca"
+        m = u.double().mean(0)
+        c = u - m.float()  # centred in float32 (fast); the products are accumulated in float64
+        cov = (c.T @ c).double() / len(u) + self.zca_shrinkage * torch.eye(u.shape[1],
+                                                                          dtype=torch.float64)
+        lam, vec = torch.linalg.eigh(cov)
+        self._zca_mean = m.float()
+        self._zca_w = (vec * lam.rsqrt()) @ vec.T
+        self._zca_w32 = self._zca_w.float()
+        self._zca_w_inv = (vec * lam.sqrt()) @ vec.T
+        self._zca_log_det = float(-0.5 * lam.log().sum())
+
+    def statistics_images(self) -> Tensor:
+        """The first ``n_stats`` training images in model space, dequantised with the fixed
+        statistics noise: what the base's statistics, the whitening and the fitted Gaussians
+        (AIS start, ``scripts/gaussian_baselines.py``) are computed from."""
+        rng = np.random.default_rng(STATS_SEED)
+        return torch.cat([self._preprocess(self._train[i:min(i + _STATS_CHUNK, self.n_stats)], rng)
+                          for i in range(0, self.n_stats, _STATS_CHUNK)])
+
     def to_model(self, u: Tensor) -> Tensor:
         """Pixel space ``[0, 1]`` → model space (step 2 of the module docstring)."""
         if self.transform == "none":
             return u
+        if self.transform == "zca":
+            w = self._zca_w if u.dtype == torch.float64 else self._zca_w32
+            return ((u.flatten(1) - self._zca_mean.to(u.dtype)) @ w.to(u.device)).reshape(u.shape)
         lam = self.logit_lambda
         s = lam + (1 - 2 * lam) * u
         return torch.log(s) - torch.log1p(-s)
@@ -103,6 +143,9 @@ class ImageDataset(Dataset):
     def to_images(self, x: Tensor) -> Tensor:
         """Model space → displayable images in ``[0, 1]``, shape ``(N, C, H, W)``."""
         x = x.detach().reshape(-1, *self.shape)
+        if self.transform == "zca":
+            u = x.flatten(1).double() @ self._zca_w_inv + self._zca_mean.double()
+            x = u.to(x.dtype).reshape(x.shape)
         if self.transform == "logit":
             x = (torch.sigmoid(x) - self.logit_lambda) / (1 - 2 * self.logit_lambda)
         return x.clamp(0.0, 1.0)
@@ -116,6 +159,8 @@ class ImageDataset(Dataset):
         x = x.reshape(len(x), -1)
         if self.transform == "none":
             return torch.zeros(len(x), dtype=x.dtype, device=x.device)
+        if self.transform == "zca":
+            return torch.full((len(x),), self._zca_log_det, dtype=x.dtype, device=x.device)
         per_pixel = F.softplus(x) + F.softplus(-x)  # −log s − log(1 − s)
         return per_pixel.sum(1) + x.shape[1] * math.log(1 - 2 * self.logit_lambda)
 
@@ -183,7 +228,7 @@ class Digits(ImageDataset):
     def __init__(self, seed: int = 0, dequantize: bool = True, transform: str = "none",
                  logit_lambda: float = 0.05, n_train: int | None = None,
                  n_test: int | None = None, n_stats: int | None = None,
-                 test_fraction: float = 0.2) -> None:
+                 test_fraction: float = 0.2, zca_shrinkage: float = 1e-4) -> None:
         from sklearn.datasets import load_digits
 
         check(0.0 < float(test_fraction) < 1.0,
@@ -194,7 +239,7 @@ class Digits(ImageDataset):
         train, test = images[perm[:-n_held]], images[perm[-n_held:]]
         super().__init__(train, test, levels=17, seed=seed, dequantize=dequantize,
                          transform=transform, logit_lambda=logit_lambda, n_train=n_train,
-                         n_test=n_test, n_stats=n_stats)
+                         n_test=n_test, n_stats=n_stats, zca_shrinkage=zca_shrinkage)
 
 
 # ------------------------------------------------------------------------ MNIST-style IDX sets
@@ -223,11 +268,16 @@ class MNIST(ImageDataset):
     MIRRORS: Sequence[str] = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
                               "https://storage.googleapis.com/cvdf-datasets/mnist/",
                               "http://yann.lecun.com/exdb/mnist/")
+    SYSTEM_DIRS: Sequence[str] = ()
+    """Directories searched after ``root`` (a distribution package's install location)."""
+    SYSTEM_HINT = ""
+    """How to get the files system-wide, appended to the "not found" error."""
 
     def __init__(self, root: str | os.PathLike | None = None, seed: int = 0,
                  download: bool = False, dequantize: bool = True, transform: str = "none",
                  logit_lambda: float = 0.05, n_train: int | None = None,
-                 n_test: int | None = None, n_stats: int | None = None) -> None:
+                 n_test: int | None = None, n_stats: int | None = None,
+                 zca_shrinkage: float = 1e-4) -> None:
         if root is None:
             root = Path(os.environ.get("PDEBM_DATA", "data")) / self.default_subdir
         self.root = Path(root).expanduser().absolute()
@@ -240,15 +290,18 @@ class MNIST(ImageDataset):
               f"test images {test.shape[1:]}")
         super().__init__(train, test, levels=256, seed=seed, dequantize=dequantize,
                          transform=transform, logit_lambda=logit_lambda, n_train=n_train,
-                         n_test=n_test, n_stats=n_stats)
+                         n_test=n_test, n_stats=n_stats, zca_shrinkage=zca_shrinkage)
 
     def _dirs(self) -> list[Path]:
         return [self.root, self.root / "raw", self.root / self.torchvision_name / "raw"]
 
     def _find(self, split: str) -> Path:
-        """The IDX file of a split, or a one-line ConfigError saying what to put where."""
+        """The IDX file of a split, or a one-line ConfigError saying what to put where.
+
+        ``root`` (and its ``raw`` layouts) first; the :attr:`SYSTEM_DIRS` only when ``root``
+        holds neither split, so the two splits never come from different places."""
         return find_idx(self.root, self._dirs(), self.FILES[split], self.title,
-                        list(self.FILES.values()))
+                        list(self.FILES.values()), self.SYSTEM_DIRS, self.SYSTEM_HINT)
 
     def _load(self, path: Path) -> np.ndarray:
         images = read_idx(path)
@@ -264,13 +317,17 @@ class MNIST(ImageDataset):
 
 class FashionMNIST(MNIST):
     """Fashion-MNIST (Zalando's 28×28 clothing images, 256 grey levels), same file layout as
-    :class:`MNIST`."""
+    :class:`MNIST`. After ``root``, the files are looked for where Debian's package
+    ``dataset-fashion-mnist`` installs them (:data:`FASHION_MNIST_SYSTEM_DIR`), so
+    ``apt-get install dataset-fashion-mnist`` is enough to train offline."""
 
     name = "fashion_mnist"
     title = "Fashion-MNIST"
     torchvision_name = "FashionMNIST"
     default_subdir = "fashion_mnist"
     MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+    SYSTEM_DIRS = (FASHION_MNIST_SYSTEM_DIR,)
+    SYSTEM_HINT = '; or run "apt-get install dataset-fashion-mnist"'
 
 
 def _as_nchw(images: np.ndarray) -> np.ndarray:

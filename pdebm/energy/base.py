@@ -4,6 +4,13 @@ An energy is ``E_θ(x) = f_θ(x) − log N(x; μ, diag σ²)``: a network ``f_θ
 diagonal Gaussian base (the authors' choice, docs/method.md, "Energy model"). With the network's last layer
 zero-initialised, ``f_θ ≡ 0`` at step 0 and the model *is* the base distribution, so samples of
 the base are exact samples of the initial model.
+
+``base: none`` is the authors' image setup: ``E_θ(x) = f_θ(x)``, no base term. Fresh chains then
+start from ``N(0, I)`` (their ``torch.randn``), which is *not* part of the model.
+
+:class:`GaussianBase` is the one Gaussian of the code base: diagonal (the learnable base) or with
+a fixed full covariance (``scale_tril``: a Gaussian fitted to training data, the reference that
+AIS starts from and the baselines of ``scripts/gaussian_baselines.py``).
 """
 
 from __future__ import annotations
@@ -22,70 +29,127 @@ Energy = Callable[[Tensor], Tensor]
 
 
 class GaussianBase(nn.Module):
-    """Diagonal Gaussian ``N(μ, diag σ²)`` over the data shape, initialised from data statistics.
+    """Gaussian over the data shape: ``N(μ, diag σ²)``, or ``N(μ, LLᵀ)`` with a fixed full
+    covariance when ``scale_tril`` is given.
 
     Args:
         mean: per-coordinate data mean, shape ``shape``.
-        std: per-coordinate data standard deviation, shape ``shape``.
+        std: per-coordinate data standard deviation, shape ``shape`` (ignored with ``scale_tril``).
         learnable: train ``μ`` and ``log σ`` with the network (authors' choice) or keep them fixed.
         min_std: floor on the initial σ (constant pixels in images have zero spread).
         std_scale: multiply the initial σ by this factor (a wider base covers the data better).
+        scale_tril: lower-triangular Cholesky factor ``L`` (D × D, ``D = prod(shape)``) of a full
+            covariance; kept fixed (a buffer), ``μ`` follows ``learnable``.
     """
 
     def __init__(self, mean: Tensor, std: Tensor, learnable: bool = True,
-                 min_std: float = 1e-2, std_scale: float = 1.0) -> None:
+                 min_std: float = 1e-2, std_scale: float = 1.0,
+                 scale_tril: Tensor | None = None) -> None:
         super().__init__()
         mean = torch.as_tensor(mean, dtype=torch.float32)
         std = torch.as_tensor(std, dtype=torch.float32).clamp_min(min_std) * std_scale
         self.mu = nn.Parameter(mean.clone(), requires_grad=learnable)
-        self.log_sigma = nn.Parameter(std.log(), requires_grad=learnable)
+        self.full = scale_tril is not None
+        if self.full:
+            tril = torch.as_tensor(scale_tril, dtype=torch.float32)
+            check(tril.shape == (mean.numel(), mean.numel()),
+                  f"scale_tril must be {mean.numel()}×{mean.numel()}, got {tuple(tril.shape)}")
+            self.register_buffer("scale_tril", tril.tril().clone())
+            std = tril.pow(2).sum(1).sqrt().reshape(mean.shape)  # marginal σ (for log_sigma)
+            self.log_sigma = nn.Parameter(std.log(), requires_grad=False)
+        else:
+            self.log_sigma = nn.Parameter(std.log(), requires_grad=learnable)
 
     @property
     def shape(self) -> torch.Size:
         return self.mu.shape
 
+    def whiten(self, x: Tensor) -> Tensor:
+        """``z`` with ``x = μ + Lz`` (``L = diag σ`` for the diagonal Gaussian)."""
+        if not self.full:
+            return (x - self.mu) * torch.exp(-self.log_sigma)
+        d = (x - self.mu).flatten(1).to(self.scale_tril.dtype)
+        z = torch.linalg.solve_triangular(self.scale_tril, d.T, upper=False).T
+        return z.reshape(x.shape).to(x.dtype)
+
+    def unwhiten(self, z: Tensor) -> Tensor:
+        """``x = μ + Lz``, the inverse of :meth:`whiten`."""
+        if not self.full:
+            return self.mu + torch.exp(self.log_sigma) * z
+        x = z.flatten(1).to(self.scale_tril.dtype) @ self.scale_tril.T
+        return self.mu + x.reshape(z.shape).to(z.dtype)
+
+    def log_det_scale(self) -> Tensor:
+        """``log |det L|``: ``log p(x) = log N(z; 0, I) − log |det L|``."""
+        if not self.full:
+            return self.log_sigma.sum()
+        return self.scale_tril.diagonal().abs().log().sum()
+
     def log_prob(self, x: Tensor) -> Tensor:
-        """``log N(x; μ, diag σ²)`` summed over all non-batch dimensions, shape ``(N,)``."""
-        z = (x - self.mu) * torch.exp(-self.log_sigma)
-        per_coord = -0.5 * z.pow(2) - self.log_sigma - 0.5 * math.log(2 * math.pi)
-        return per_coord.flatten(1).sum(1)
+        """``log N(x; μ, Σ)`` summed over all non-batch dimensions, shape ``(N,)``."""
+        if not self.full:
+            z = (x - self.mu) * torch.exp(-self.log_sigma)
+            per_coord = -0.5 * z.pow(2) - self.log_sigma - 0.5 * math.log(2 * math.pi)
+            return per_coord.flatten(1).sum(1)
+        z = self.whiten(x).flatten(1)
+        return (-0.5 * z.pow(2).sum(1) - self.log_det_scale()
+                - 0.5 * z.shape[1] * math.log(2 * math.pi))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` independent draws, shape ``(n, *shape)``."""
         eps = torch.randn((n, *self.shape), generator=generator, device=self.mu.device)
-        return (self.mu + torch.exp(self.log_sigma) * eps).detach()
+        return self.unwhiten(eps).detach()
+
+
+BASES = ("gaussian", "none")
 
 
 class EnergyModel(nn.Module):
-    """Base class of every energy: ``E(x) = net(x) − base.log_prob(x)``.
+    """Base class of every energy: ``E(x) = net(x) − base.log_prob(x)`` (``base: gaussian``) or
+    ``E(x) = net(x)`` (``base: none``, the authors' image energies).
 
     Subclasses build ``self.net`` (a module mapping ``(N, *shape)`` to ``(N,)`` or ``(N, 1)``).
     ``data_mean``/``data_std``/``data_shape`` are filled in by the trainer from the dataset.
+    Without a base, ``self.base`` is ``None`` and :meth:`sample_base` draws ``N(0, I)`` noise
+    (``self.noise``), which starts chains but is not part of the model.
     """
 
     def __init__(self, data_shape: Sequence[int], data_mean: Tensor, data_std: Tensor,
                  learn_base: bool = True, base_min_std: float = 1e-2,
-                 base_std_scale: float = 1.0) -> None:
+                 base_std_scale: float = 1.0, base: str = "gaussian") -> None:
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
+        check(base in BASES, f"energy.base={base!r} is not one of {list(BASES)}")
         check(base_std_scale > 0, f"energy.base_std_scale must be > 0, got {base_std_scale}")
-        self.base = GaussianBase(torch.as_tensor(data_mean).reshape(self.data_shape),
-                                 torch.as_tensor(data_std).reshape(self.data_shape),
-                                 learnable=learn_base, min_std=base_min_std,
-                                 std_scale=base_std_scale)
+        self.base: GaussianBase | None = None
+        self.noise: GaussianBase | None = None
+        if base == "gaussian":
+            self.base = GaussianBase(torch.as_tensor(data_mean).reshape(self.data_shape),
+                                     torch.as_tensor(data_std).reshape(self.data_shape),
+                                     learnable=learn_base, min_std=base_min_std,
+                                     std_scale=base_std_scale)
+        else:
+            self.noise = GaussianBase(torch.zeros(self.data_shape), torch.ones(self.data_shape),
+                                      learnable=False)
         self.net: nn.Module = nn.Identity()  # replaced by subclasses
 
     @property
     def device(self) -> torch.device:
-        return self.base.mu.device
+        return (self.base if self.base is not None else self.noise).mu.device
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x).reshape(x.shape[0]) - self.base.log_prob(x)
+        out = self.net(x).reshape(x.shape[0])
+        return out if self.base is None else out - self.base.log_prob(x)
 
     def sample_base(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Draws from the base distribution: exact samples of the initial model when the
-        network's last layer is zero-initialised."""
-        return self.base.sample(n, generator)
+        """Draws from the base distribution (exact samples of the initial model when the
+        network's last layer is zero-initialised), or ``N(0, I)`` noise without a base."""
+        return (self.base if self.base is not None else self.noise).sample(n, generator)
+
+    def base_log_prob(self, x: Tensor) -> Tensor:
+        """``log`` density of the distribution :meth:`sample_base` draws from (the proposal
+        of fresh particles, for importance weights)."""
+        return (self.base if self.base is not None else self.noise).log_prob(x)
 
     def frozen(self) -> "FrozenEnergy":
         """A functional view of the energy at the current parameters (copies only θ)."""

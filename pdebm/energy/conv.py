@@ -86,6 +86,7 @@ class ConvEnergy(EnergyModel):
             zero-initialised matrix has no spectral norm to divide by.
         sn_iterations: power iterations per weight update when ``spectral_norm``.
         zero_init_last: zero the last layer so the initial model equals the base distribution.
+        base: ``gaussian`` (``E = CNN − log base``) or ``none`` (``E = CNN``).
         learn_base / base_*: see :class:`~pdebm.energy.base.EnergyModel`.
     """
 
@@ -93,7 +94,8 @@ class ConvEnergy(EnergyModel):
                  channels: Sequence[int] = (32, 64, 128), activation: str = "silu",
                  head: str = "flatten", spectral_norm: bool = True, sn_iterations: int = 1,
                  zero_init_last: bool = True, learn_base: bool = True,
-                 base_min_std: float = 1e-2, base_std_scale: float = 1.0) -> None:
+                 base_min_std: float = 1e-2, base_std_scale: float = 1.0,
+                 base: str = "gaussian") -> None:
         shape = tuple(int(s) for s in data_shape)
         check(len(shape) == 3, f"energy=conv needs image data of shape (C, H, W), the dataset "
               f"has shape {shape}; use energy=mlp for vector data")
@@ -102,7 +104,8 @@ class ConvEnergy(EnergyModel):
               f"energy.channels must be a non-empty list of positive integers, got {channels}")
         check(head in HEADS, f"energy.head={head!r} is not one of {list(HEADS)}")
         positive("energy.sn_iterations", sn_iterations)
-        super().__init__(shape, data_mean, data_std, learn_base, base_min_std, base_std_scale)
+        super().__init__(shape, data_mean, data_std, learn_base, base_min_std, base_std_scale,
+                         base)
         c_in, h, w = shape
         layers: list[nn.Module] = []
         for c_out in channels:
@@ -125,6 +128,61 @@ class ConvEnergy(EnergyModel):
         layers.append(last)
         self.net = nn.Sequential(*layers)
         self.feature_shape = (c_in, h, w)  # the last feature map (for the curious and the tests)
+
+
+class Swish(nn.Module):
+    """``x·sigmoid(βx)`` with a learnable ``β`` per channel (initialised to 1), as in the
+    authors' networks."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.beta = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        beta = self.beta.view(1, -1, *([1] * (x.dim() - 2)))
+        return x * torch.sigmoid(beta * x)
+
+
+class MNISTSmallConvEnergy(EnergyModel):
+    """The authors' ``MNISTSmallConvNet(nc)`` (necludov/particle-EBMs, ``core/networks.py``)
+    as an energy, for 28×28 single-channel images.
+
+    Five convolutions of ``nc`` channels, each followed by a learnable-β Swish (or LeakyReLU 0.2
+    with ``activation: leaky_relu``): 3×3 stride 1 (28×28), then three 4×4 stride 2 (14, 7, 3),
+    then 3×3 without padding (1×1); a linear layer maps the ``nc`` features to the energy.
+    Every convolution is spectrally normalised (pdebm's deterministic :class:`SpectralNorm`;
+    the authors' torch hook iterates once per forward pass). ``base: none`` is the authors'
+    energy (no Gaussian term); ``zero_init_last`` is off by default as in their code.
+    """
+
+    def __init__(self, data_shape: Sequence[int], data_mean: Tensor, data_std: Tensor,
+                 nc: int = 64, activation: str = "swish", spectral_norm: bool = True,
+                 sn_iterations: int = 1, zero_init_last: bool = False, base: str = "none",
+                 learn_base: bool = True, base_min_std: float = 1e-2,
+                 base_std_scale: float = 1.0) -> None:
+        shape = tuple(int(s) for s in data_shape)
+        check(shape[1:] == (28, 28) and shape[0] == 1,
+              f"energy=mnist_small_conv is the authors' 28×28 network; the dataset has shape "
+              f"{shape} (use energy=conv for other sizes)")
+        positive("energy.nc", nc)
+        check(activation in ("swish", "leaky_relu"),
+              f"energy.activation={activation!r} is not one of ['swish', 'leaky_relu']")
+        positive("energy.sn_iterations", sn_iterations)
+        super().__init__(shape, data_mean, data_std, learn_base, base_min_std, base_std_scale,
+                         base)
+        specs = [(1, nc, 3, 1, 1), (nc, nc, 4, 2, 1), (nc, nc, 4, 2, 1), (nc, nc, 4, 2, 1),
+                 (nc, nc, 3, 1, 0)]
+        layers: list[nn.Module] = []
+        for c_in, c_out, k, stride, pad in specs:
+            conv = nn.Conv2d(c_in, c_out, k, stride, pad)
+            if spectral_norm:
+                parametrize.register_parametrization(
+                    conv, "weight", SpectralNorm(conv.weight, n_iterations=sn_iterations))
+            layers += [conv, Swish(c_out) if activation == "swish" else nn.LeakyReLU(0.2)]
+        last = nn.Linear(nc, 1)
+        if zero_init_last:
+            zero_init_(last)
+        self.net = nn.Sequential(*layers, nn.Flatten(), last)
 
 
 def _conv_out(size: int, stride: int) -> int:

@@ -1,20 +1,22 @@
 """Annealed importance sampling (AIS, Neal 2001) of ``log Z`` of an energy model, and the test
 log-likelihood in nats and bits/dim built on it (docs/evaluation.md, "Images").
 
-Path: from the model's own normalised Gaussian base ``p₀ = N(μ, diag σ²)`` to the model,
-``p_β ∝ N_base(x)^(1−β)·exp(−E(x))^β``, i.e. intermediate energies
-``E_β(x) = −(1−β)·log N_base(x) + β·E(x) = β·f(x) − log N_base(x)`` with
-``f(x) = E(x) + log N_base(x)`` (the network). ``Z₀ = 1``, so ``log Z = log E[w]``.
+Path: from a normalised Gaussian ``p₀`` (``start``: by default the model's own base; for image
+models ``pdebm eval`` passes a Gaussian fitted to the training data, :func:`fit_gaussian`, which
+also serves base-less energies) to the model, ``p_β ∝ p₀(x)^(1−β)·exp(−E(x))^β``, i.e.
+intermediate energies ``E_β(x) = −(1−β)·log p₀(x) + β·E(x) = β·g(x) − log p₀(x)`` with
+``g(x) = E(x) + log p₀(x)`` (the network when ``p₀`` is the base). ``Z₀ = 1``, so
+``log Z = log E[w]``.
 
-One chain: ``x₀ ~ p₀``; for ``β₁ < … < β_T = 1``: ``log w += −(β_t − β_{t−1})·f(x)``, then
+One chain: ``x₀ ~ p₀``; for ``β₁ < … < β_T = 1``: ``log w += −(β_t − β_{t−1})·g(x)``, then
 ``n_steps`` Langevin steps of the shared kernel (:func:`pdebm.samplers.langevin.langevin`)
 targeting ``p_{β_t}``. With MALA every transition leaves its ``p_β`` invariant and the weights are
 the classic AIS weights; with ULA the kernel's weight correction ``−E_β(x') + E_β(x) +
 log q(x|x') − log q(x'|x)`` is added to ``log w`` (the reversed proposal as backward kernel), so
 the estimator stays unbiased in ``Z`` either way — it only gets noisier when the step is large.
 
-Preconditioning (default on): the chains run in whitened coordinates ``z = (x − μ)/σ`` of the
-base. This is exact (the same path, pushed forward; the weights are unchanged), and it makes
+Preconditioning (default on): the chains run in whitened coordinates ``x = μ + Lz`` of ``p₀``
+(``L = diag σ`` for a diagonal ``p₀``, its Cholesky factor for a full one). This is exact (the same path, pushed forward; the weights are unchanged), and it makes
 the step size scale-free: the base is ``N(0, I)`` in ``z``, whatever the pixel scale, so one
 step size works for ``[0, 1]`` pixels, logits and 2D data alike.
 
@@ -36,11 +38,37 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pdebm.energy.base import EnergyModel
+from pdebm.energy.base import EnergyModel, GaussianBase
 from pdebm.errors import check, positive
 from pdebm.samplers.langevin import LangevinConfig, langevin
 
 SCHEDULES = ("geometric", "linear")
+COVARIANCES = ("full", "diag")
+ESS_WARNING = 0.1
+"""Below this ESS/N the AIS weights are dominated by a few chains and log Z is not trustworthy."""
+
+
+def fit_gaussian(x: Tensor, covariance: str = "full", shrinkage: float = 1e-4,
+                 prefix: str = "ais") -> GaussianBase:
+    """The maximum-likelihood Gaussian of the points ``x`` (N, *shape), fixed (not learnable):
+    ``N(mean, Σ + s·I)`` with the full sample covariance ``Σ``, or its diagonal; ``s`` =
+    ``shrinkage`` keeps near-constant coordinates (dequantised border pixels) non-singular."""
+    check(covariance in COVARIANCES,
+          f"{prefix}.covariance={covariance!r} is not one of {list(COVARIANCES)}")
+    positive(f"{prefix}.shrinkage", shrinkage, allow_zero=True)
+    shape = x.shape[1:]
+    flat = x.flatten(1)
+    mean = flat.double().mean(0)
+    c = flat - mean.to(flat.dtype)
+    if covariance == "diag":
+        var = c.double().pow(2).mean(0) + shrinkage
+        return GaussianBase(mean.float().reshape(shape), var.sqrt().float().reshape(shape),
+                            learnable=False, min_std=0.0)
+    cov = (c.T @ c).double() / len(flat)
+    cov = cov + shrinkage * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+    tril = torch.linalg.cholesky(cov)
+    return GaussianBase(mean.float().reshape(shape), torch.ones(shape), learnable=False,
+                        scale_tril=tril.float())
 
 
 @dataclass
@@ -74,13 +102,22 @@ class AISLikelihood:
     def samples(self) -> Tensor:
         return self.ais.samples
 
+    @property
+    def ess_fraction(self) -> float:
+        return self.ais.ess / len(self.ais.log_weights)
+
+    @property
+    def trustworthy(self) -> bool:
+        """ESS/N at least :data:`ESS_WARNING` (else a few chains carry the estimate)."""
+        return self.ess_fraction >= ESS_WARNING
+
     def scalars(self) -> dict[str, float]:
         """Flat numbers to log (e.g. as ``ais/<key>``)."""
         s = {"log_likelihood": self.log_likelihood, "log_likelihood_se": self.log_likelihood_se,
              "log_likelihood_model": self.log_likelihood_model,
              "bits_per_dim": self.bits_per_dim, "bits_per_dim_se": self.bits_per_dim_se,
              "log_z": self.ais.log_z, "log_z_se": self.ais.log_z_se,
-             "ess_fraction": self.ais.ess / len(self.ais.log_weights),
+             "ess_fraction": self.ess_fraction,
              "grad_evals": float(self.ais.grad_evals)}
         if self.ais.accept_rate is not None:
             s["accept_rate"] = self.ais.accept_rate
@@ -109,11 +146,12 @@ def ais_log_z(energy: EnergyModel, n_chains: int = 100, n_temps: int = 1000,
               schedule: str = "geometric", beta_min: float = 1e-4,
               kernel: LangevinConfig | None = None, adapt_step_size: bool = True,
               target_accept: float = 0.574, precondition: bool = True, seed: int | None = None,
-              progress: bool = False, prefix: str = "ais") -> AISResult:
-    """Estimate ``log Z = log ∫ exp(−E(x)) dx`` of ``energy`` by AIS from its Gaussian base.
+              progress: bool = False, prefix: str = "ais",
+              start: GaussianBase | None = None) -> AISResult:
+    """Estimate ``log Z = log ∫ exp(−E(x)) dx`` of ``energy`` by AIS from a Gaussian ``p₀``.
 
     Args:
-        energy: the model (its ``base`` is the annealing start); evaluated in ``eval()`` mode.
+        energy: the model; evaluated in ``eval()`` mode.
         n_chains: independent AIS chains (one batch).
         n_temps: number of inverse temperatures ``β₁ … β_T = 1`` (annealing steps).
         schedule, beta_min: see :func:`beta_schedule`.
@@ -128,8 +166,13 @@ def ais_log_z(energy: EnergyModel, n_chains: int = 100, n_temps: int = 1000,
         seed: seed for a forked global RNG (module docstring); ``None``: the global stream.
         progress: show a tqdm bar over temperatures.
         prefix: config prefix used in error messages (e.g. ``eval.ais``).
+        start: the annealing start ``p₀`` (e.g. :func:`fit_gaussian` of the training data);
+            ``None``: the energy's own base (required for a base-less energy).
     """
     positive(f"{prefix}.n_chains", n_chains)
+    start = start if start is not None else energy.base
+    check(start is not None, f"{prefix}: the energy has no Gaussian base (energy.base=none); "
+          "AIS needs a start distribution, e.g. fit_gaussian(training images)")
     kernel = kernel if kernel is not None else LangevinConfig(n_steps=1, step_size=0.1, mala=True)
     kernel.validate(prefix, allow_zero_steps=True)
     check(kernel.noise_scale is None, f"{prefix}.noise_scale must be null for AIS (σ = √ε)")
@@ -138,29 +181,32 @@ def ais_log_z(energy: EnergyModel, n_chains: int = 100, n_temps: int = 1000,
           f"{prefix}.target_accept must be in (0, 1), got {target_accept}")
     betas = beta_schedule(n_temps, schedule, beta_min, prefix)
     device = energy.device
-    base = energy.base
-    mu = base.mu.detach()
-    scale = base.log_sigma.detach().exp() if precondition else torch.ones_like(mu)
+    p0 = start.to(device)
+    mu = p0.mu.detach()
 
     def to_x(z: Tensor) -> Tensor:
-        return mu + scale * z
+        """Chain coordinates → model space: ``μ + Lz`` (preconditioned) or ``μ + z``."""
+        return p0.unwhiten(z) if precondition else mu + z
 
     def network(z: Tensor) -> Tensor:
-        """``f(x) = E(x) + log N_base(x)`` at ``x = μ + s·z``, float64."""
+        """``g(x) = E(x) + log p₀(x)`` at ``x = to_x(z)``, float64."""
         x = to_x(z)
-        return energy(x).double() + base.log_prob(x).double()
+        return energy(x).double() + p0.log_prob(x).double()
 
     def tempered(beta: float) -> Callable[[Tensor], Tensor]:
-        def e_beta(z: Tensor) -> Tensor:  # E_β(x(z)) up to the constant Σ log s
+        def e_beta(z: Tensor) -> Tensor:  # E_β(x(z)) up to the constant log |det L|
             x = to_x(z)
-            return beta * energy(x) - (1.0 - beta) * base.log_prob(x)
+            return beta * energy(x) - (1.0 - beta) * p0.log_prob(x)
         return e_beta
 
     was_training = energy.training
     energy.eval()
     try:
         with _seeded(seed, device):
+            # x₀ ~ p₀ in either coordinate system (z = x₀ − μ unpreconditioned)
             z = torch.randn((n_chains, *mu.shape), device=device)
+            if not precondition:
+                z = p0.unwhiten(z) - mu
             log_w = torch.zeros(n_chains, dtype=torch.float64, device=device)
             step, accepts, evals, beta_prev = kernel.step_size, [], 0, 0.0
             for beta in tqdm(betas.tolist(), desc="AIS", disable=not progress, leave=False):
