@@ -8,7 +8,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from pdebm.energy.base import EnergyModel, make_activation, zero_init_
-from pdebm.errors import positive
+from pdebm.errors import check, positive
 
 
 class MLPEnergy(EnergyModel):
@@ -20,15 +20,20 @@ class MLPEnergy(EnergyModel):
         activation: nonlinearity name (``silu`` = Swish with β = 1; ``swish_beta`` = Swish with
             a learnable β per unit, as in the authors' code).
         zero_init_last: zero the last layer so the initial model equals the base distribution.
-        learn_base / base_*: see :class:`~pdebm.energy.base.EnergyModel`.
+        base, learn_base / base_*: see :class:`~pdebm.energy.base.EnergyModel` (``base=none``:
+            the network alone, as the EBM libraries' plain MLP energies).
     """
 
     def __init__(self, data_shape: Sequence[int], data_mean: Tensor, data_std: Tensor,
                  hidden: int = 300, depth: int = 3, activation: str = "silu",
                  zero_init_last: bool = True, learn_base: bool = True,
-                 base_min_std: float = 1e-2, base_std_scale: float = 1.0) -> None:
+                 base_min_std: float = 1e-2, base_std_scale: float = 1.0,
+                 base: str = "gaussian") -> None:
         super().__init__(data_shape, data_mean, data_std, learn_base, base_min_std,
-                         base_std_scale)
+                         base_std_scale, base=base)
+        check(base != "none" or not zero_init_last,
+              "energy.base=none needs energy.zero_init_last=false: a zero network alone is a flat, "
+              "unnormalisable energy")
         positive("energy.hidden", hidden)
         positive("energy.depth", depth)
         dim = math.prod(self.data_shape)
