@@ -35,14 +35,24 @@ def test_every_yaml_key_is_commented():
                 f"{path.relative_to(CONFIG_DIR)}:{i} has no comment: {s}"
 
 
+FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+
+
 def _build(make_cfg, *overrides):
-    image = any(o in ("energy=conv", "dataset=digits") for o in overrides)
+    image = any(o in ("energy=conv", "dataset=digits") or o.startswith("dataset=fashion")
+                for o in overrides)
     return build(make_cfg(*(TINY if image else TINY_2D), *overrides))
 
 
 @pytest.mark.parametrize("name", GROUPS["dataset"])
 def test_dataset_options_instantiate(make_cfg, name, tmp_path):
     extra = ["energy=conv"] if name in IMAGE_DATASETS else []
+    if name == "fashion_mnist" and FASHION_SYSTEM_DIR.is_dir():
+        # root holds nothing, so the files come from the system directory
+        run = _build(make_cfg, f"dataset={name}", *extra, f"dataset.root={tmp_path / 'none'}",
+                     "dataset.n_train=256", "dataset.n_test=64", "dataset.n_stats=256")
+        assert run.dataset.train_batch(8).shape[1:] == (1, 28, 28)
+        return
     if name in NEEDS_FILES:
         with pytest.raises(ConfigError, match="dataset.root|not found|missing"):
             _build(make_cfg, f"dataset={name}", *extra, f"dataset.root={tmp_path / 'none'}")
@@ -53,6 +63,14 @@ def test_dataset_options_instantiate(make_cfg, name, tmp_path):
 
 @pytest.mark.parametrize("name", GROUPS["energy"])
 def test_energy_options_instantiate(make_cfg, name):
+    if name == "mnist_small_conv":  # the authors' 28×28 network: built on MNIST-shaped data
+        import torch
+
+        from pdebm.config import instantiate
+        energy = instantiate(make_cfg(f"energy={name}").energy, data_shape=(1, 28, 28),
+                             data_mean=torch.zeros(1, 28, 28), data_std=torch.ones(1, 28, 28))
+        assert energy(torch.rand(4, 1, 28, 28)).shape == (4,)
+        return
     extra = ["dataset=digits"] if name == "conv" else []
     run = _build(make_cfg, f"energy={name}", *extra)
     x = run.dataset.train_batch(4)
