@@ -17,31 +17,65 @@ shortcut along. The rule that comes with it: the trainer never detaches the nega
 
 from __future__ import annotations
 
+from typing import Iterator, Mapping
+
 import torch
 from torch import Tensor
 
 from pdebm.energy.base import Energy
 
 
-def contrastive_loss(e_data: Tensor, e_neg: Tensor, log_w: Tensor, alpha: float) -> Tensor:
-    """``L`` from the energies of the data batch and of the negatives (module docstring)."""
-    w_bar = torch.softmax(log_w.detach(), 0)
+def contrastive_loss(e_data: Tensor, e_neg: Tensor, log_w: Tensor, alpha: float,
+                     w_bar: Tensor | None = None) -> Tensor:
+    """``L`` from the energies of the data batch and of the negatives (module docstring);
+    ``w_bar`` is ``softmax(log_w)`` when the caller already has it."""
+    if w_bar is None:
+        w_bar = torch.softmax(log_w.detach(), 0)
     loss = e_data.mean() - (w_bar * e_neg).sum()
     if alpha > 0:
         loss = loss + alpha * (e_data.pow(2).mean() + (w_bar * e_neg.pow(2)).sum())
     return loss
 
 
+class LossParts(Mapping[str, Tensor]):
+    """The logged parts of one step's loss (``train/<key>``: ``loss``, ``energy_data``,
+    ``energy_neg``, ``energy_gap``), as detached 0-d tensors on the loss's device. They are
+    computed when first read, so steps that do not log spend no device work on them."""
+
+    KEYS = ("loss", "energy_data", "energy_neg", "energy_gap")
+
+    def __init__(self, loss: Tensor, e_data: Tensor, e_neg: Tensor, w_bar: Tensor) -> None:
+        self._inputs: tuple[Tensor, ...] | None = (loss.detach(), e_data.detach(),
+                                                   e_neg.detach(), w_bar)
+        self._parts: dict[str, Tensor] = {}
+
+    def _compute(self) -> dict[str, Tensor]:
+        if self._inputs is not None:
+            loss, e_data, e_neg, w_bar = self._inputs
+            e_d, e_n = e_data.mean(), (w_bar * e_neg).sum()
+            self._parts = {"loss": loss, "energy_data": e_d, "energy_neg": e_n,
+                           "energy_gap": e_d - e_n}
+            self._inputs = None
+        return self._parts
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self._compute()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.KEYS)
+
+    def __len__(self) -> int:
+        return len(self.KEYS)
+
+
 def loss_fn(energy: Energy, x_data: Tensor, x_neg: Tensor, log_w: Tensor,
-            alpha: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """The loss of one step and its logged parts (``train/<key>``), as detached 0-d tensors on
-    the loss's device (no host sync; the trainer fetches them when it logs)."""
+            alpha: float) -> tuple[Tensor, LossParts]:
+    """The loss of one step and its logged parts (:class:`LossParts`: detached 0-d tensors on
+    the loss's device, no host sync; the trainer fetches them when it logs)."""
     e_data, e_neg = energy(x_data), energy(x_neg)
-    loss = contrastive_loss(e_data, e_neg, log_w, alpha)
     w_bar = torch.softmax(log_w.detach(), 0)
-    e_d, e_n = e_data.detach().mean(), (w_bar * e_neg.detach()).sum()
-    return loss, {"loss": loss.detach(), "energy_data": e_d, "energy_neg": e_n,
-                  "energy_gap": e_d - e_n}
+    loss = contrastive_loss(e_data, e_neg, log_w, alpha, w_bar)
+    return loss, LossParts(loss, e_data, e_neg, w_bar)
 
 
 def negatives_grad_factor(e_neg: Tensor, log_w: Tensor, alpha: float) -> Tensor:

@@ -11,8 +11,9 @@ once per run (:meth:`~pdebm.energy.base.FrozenEnergy.refresh`).
 No host sync: a step reads no device value. The loss parts, the gradient norm and the sampler's
 ``stats()`` stay 0-d tensors on the device; :meth:`StepOutput.host` brings all of them to the
 host in one transfer, which the trainer calls only on logging and checkpoint steps. A
-non-finite loss is recorded on the device by :class:`DivergenceWatch` (the step it first
-happened) and raised as :class:`~pdebm.errors.TrainingDiverged` at the next transfer.
+non-finite loss costs nothing per step either: :class:`DivergenceWatch` keeps the step's loss
+tensor, checks the ones kept in that transfer and raises
+:class:`~pdebm.errors.TrainingDiverged`, naming the first bad step.
 """
 
 from __future__ import annotations
@@ -51,24 +52,38 @@ def to_host(values: Mapping[str, Tensor | float | int | None]) -> dict[str, floa
 
 
 class DivergenceWatch:
-    """The first step whose loss was not finite, kept as a device tensor (``-1``: none yet), so
-    that detecting a divergence costs no host sync per step; :meth:`check` raises it."""
+    """Non-finite losses, found without a host sync per step: each step's loss (a detached 0-d
+    tensor) is only remembered, at no device cost; :meth:`pending` turns the losses since the
+    last transfer into two device scalars (the index of the first non-finite one, ``-1`` if
+    none, and its value) that travel with the step's one transfer; :meth:`raise_if_bad` names
+    the step."""
 
     def __init__(self) -> None:
-        self.first_bad: Tensor | None = None
-        self.loss: Tensor | None = None
+        self._steps: list[int] = []
+        self._losses: list[Tensor] = []
+        self._checked: list[int] = []  # the steps behind the last pending()
 
     def observe(self, loss: Tensor, step: int) -> None:
-        bad = ~torch.isfinite(loss.detach())
-        if self.first_bad is None:
-            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
-        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
-        self.loss = torch.where(bad & (self.first_bad == step), loss.detach(),
-                                self.loss if self.loss is not None else loss.detach())
+        self._steps.append(step)
+        self._losses.append(loss.detach())
+
+    def pending(self) -> tuple[Tensor, Tensor] | None:
+        """``(index of the first non-finite loss or -1, that loss)`` over the steps observed since
+        the last call, as device tensors; ``None`` if no step was observed."""
+        if not self._losses:
+            return None
+        losses = torch.stack(self._losses)
+        bad = ~torch.isfinite(losses)
+        first = torch.argmax(bad.to(torch.int8))  # the first True (0 when there is none)
+        self._checked, self._steps, self._losses = self._steps, [], []
+        return torch.where(bad.any(), first, -1), losses[first]
 
     def raise_if_bad(self, first_bad: float | None, loss: float | None) -> None:
+        """Raise :class:`TrainingDiverged` if ``first_bad`` (an index from :meth:`pending`, or,
+        with nothing pending, a step number) is ``>= 0``."""
         if first_bad is not None and first_bad >= 0:
-            raise TrainingDiverged(f"loss is {loss} at step {int(first_bad)}: training "
+            step = self._checked[int(first_bad)] if self._checked else int(first_bad)
+            raise TrainingDiverged(f"loss is {loss} at step {step}: training "
                                    "diverged (try a smaller lr or step size, or energy_reg > 0)")
 
 
@@ -76,7 +91,7 @@ class DivergenceWatch:
 class StepOutput:
     """What one step leaves: device tensors until :meth:`host` is called."""
 
-    parts: dict[str, Tensor]     # the loss and its parts (train/<key>), 0-d device tensors
+    parts: Mapping[str, Tensor]  # the loss and its parts (train/<key>): LossParts, read lazily
     grad_norm: Tensor | None     # parameter-gradient norm before clipping (when clipping)
     seconds: float               # wall-clock of the step (host side; the monitor excluded)
     sampler: Any = None          # its stats() (of its last step) are read in host(), not before
@@ -90,8 +105,9 @@ class StepOutput:
         values["train/grad_norm"] = self.grad_norm
         if self.sampler is not None:
             values.update({f"sampler/{k}": v for k, v in self.sampler.stats().items()})
-        if self.watch is not None and self.watch.first_bad is not None:
-            values["_first_bad"], values["_bad_loss"] = self.watch.first_bad, self.watch.loss
+        pending = self.watch.pending() if self.watch is not None else None
+        if pending is not None:
+            values["_first_bad"], values["_bad_loss"] = pending
         host = to_host(values)
         if self.watch is not None:
             self.watch.raise_if_bad(host.pop("_first_bad", None), host.pop("_bad_loss", None))

@@ -236,3 +236,21 @@ def test_closed_form_2x2_eigenvalues_match_eigvalsh():
     assert ((symmetric_eigvals(h) - ref).abs() <= 1e-13 * scale).all()
     h1 = torch.randn(10, 1, 1, dtype=torch.float64)
     assert torch.equal(symmetric_eigvals(h1), torch.linalg.eigvalsh(h1))
+
+
+def test_ais_host_reads_do_not_grow_with_the_temperatures():
+    """AIS (``pdebm eval``, the periodic image evaluation) keeps its adapted MALA step size and
+    acceptance on the device: its host reads are a fixed handful per call, not one per
+    temperature (they were ``n_temps`` before)."""
+    from pdebm.metrics.ais import ais_log_z
+
+    cfg = compose_config(["energy.hidden=16", "progress=false", "device=cpu"])
+    energy = build(cfg).energy
+    reads = {}
+    for n_temps in (4, 40):
+        with count_host_reads() as counts:
+            result = ais_log_z(energy, n_chains=16, n_temps=n_temps, seed=0)
+        reads[n_temps] = sum(counts.values())
+        assert result.accept_rate is not None and 0.0 < result.accept_rate <= 1.0
+        assert result.step_size != 0.1  # the step size was adapted (on the device)
+    assert reads[40] == reads[4] < 12, reads

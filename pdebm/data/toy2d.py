@@ -20,12 +20,14 @@ from pdebm.errors import one_of, positive
 Generator = np.random.Generator
 
 
+_ANGLES = np.arange(8) * np.pi / 4
+_CENTRES = 4.0 * np.stack([np.cos(_ANGLES), np.sin(_ANGLES)], axis=1)
+
+
 def eight_gaussians(n: int, rng: Generator) -> np.ndarray:
     """8 centres at multiples of 45° on the unit circle ×4; (centre + 0.5·N(0, I)) / 1.414."""
-    angles = np.arange(8) * np.pi / 4
-    centres = 4.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
     idx = rng.integers(0, 8, size=n)
-    return (centres[idx] + 0.5 * rng.standard_normal((n, 2))) / 1.414
+    return (_CENTRES[idx] + 0.5 * rng.standard_normal((n, 2))) / 1.414
 
 
 def checkerboard(n: int, rng: Generator) -> np.ndarray:
@@ -157,7 +159,7 @@ class Toy2D(Dataset):
         self.entropy = ENTROPY.get(name)
 
     def train_batch(self, n: int) -> Tensor:
-        return to_tensor(sample(self.name, n, self.rng))
+        return to_tensor(GENERATORS[self.name](n, self.rng))  # the name was checked in __init__
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}

@@ -208,27 +208,33 @@ def ais_log_z(energy: EnergyModel, n_chains: int = 100, n_temps: int = 1000,
             if not precondition:
                 z = p0.unwhiten(z) - mu
             log_w = torch.zeros(n_chains, dtype=torch.float64, device=device)
-            step, accepts, evals, beta_prev = kernel.step_size, [], 0, 0.0
+            # The adapted step size and the acceptance stay on the device (no host sync per
+            # temperature): ``step`` is a float64 0-d tensor once adaptation starts.
+            step: float | Tensor = kernel.step_size
+            accept_sum, n_accepts, evals, beta_prev = None, 0, 0, 0.0
             for beta in tqdm(betas.tolist(), desc="AIS", disable=not progress, leave=False):
                 log_w += -(beta - beta_prev) * network(z)
                 cfg = dataclasses.replace(kernel, step_size=step)
                 res = langevin(tempered(beta), z, cfg, None if kernel.mala else log_w)
                 z, evals, beta_prev = res.x, evals + res.grad_evals, beta
                 if kernel.mala and res.accept_rate is not None:
-                    accepts.append(float(res.accept_rate))  # the kernel returns a tensor
+                    rate = res.accept_rate.double()
+                    accept_sum = rate if accept_sum is None else accept_sum + rate
+                    n_accepts += 1
                     if adapt_step_size:
-                        step = min(max(step * math.exp(accepts[-1] - target_accept), 1e-8), 1e2)
+                        step = (step * torch.exp(rate - target_accept)).clamp(1e-8, 1e2)
                 else:
                     log_w = res.log_weights if res.log_weights is not None else log_w
     finally:
         energy.train(was_training)
+    accept_rate = (float(accept_sum) / n_accepts) if accept_sum is not None else None
     log_z, se, ess = _log_mean_exp_stats(log_w)
     check(math.isfinite(log_z), "AIS log-weights are not finite: the energy is NaN/inf on some "
           "chains (try a smaller step size or more temperatures)")
     return AISResult(log_z=log_z, log_z_se=se, log_weights=log_w.cpu(),
                      samples=to_x(z).detach(), ess=ess,
-                     accept_rate=sum(accepts) / len(accepts) if accepts else None,
-                     step_size=step, grad_evals=evals, betas=betas)
+                     accept_rate=accept_rate, step_size=float(step), grad_evals=evals,
+                     betas=betas)
 
 
 @torch.no_grad()

@@ -13,10 +13,11 @@ when ``log_weights`` is given.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,21 @@ def energy_and_grad(energy: Energy, x: Tensor) -> tuple[Tensor, Tensor]:
         e = energy(x)
         (g,) = torch.autograd.grad(e.sum(), x)
     return e.detach(), g.detach()
+
+
+@contextlib.contextmanager
+def frozen_parameters(energy: Any) -> Iterator[None]:
+    """Parameters of ``energy`` (if it is a module) with ``requires_grad`` off for the block,
+    restored after: the sampling passes then record no autograd nodes for the parameters
+    (``∇ₓE`` is the same; only the bookkeeping of ``∂/∂θ`` is skipped)."""
+    params = [p for p in energy.parameters() if p.requires_grad] if isinstance(energy, nn.Module) else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 GradFn = Callable[[Energy, Tensor], tuple[Tensor, Tensor]]
@@ -89,7 +105,8 @@ class LangevinConfig:
 
     Attributes:
         n_steps: number of Langevin steps ``K``.
-        step_size: ``ε``; the drift is ``−(ε/2)∇E``.
+        step_size: ``ε``; the drift is ``−(ε/2)∇E``. A 0-d tensor is accepted too (AIS keeps
+            its adapted step size on the device, so that adapting it costs no host sync).
         noise_scale: standard deviation ``σ`` of the injected noise; ``None`` means ``√ε``.
         mala: Metropolis-adjust every step (exact; requires ``σ = √ε``).
         grad_clip: clip each sample's gradient to this Euclidean norm (``None``: no clip).
@@ -133,8 +150,12 @@ class LangevinConfig:
               f"{prefix}.compile must be true or false, got {self.compile!r}")
 
     @property
-    def sigma(self) -> float:
-        return math.sqrt(self.step_size) if self.noise_scale is None else float(self.noise_scale)
+    def sigma(self) -> float | Tensor:
+        if self.noise_scale is not None:
+            return float(self.noise_scale)
+        if torch.is_tensor(self.step_size):  # a device scalar (AIS's adapted step): no host sync
+            return self.step_size.sqrt()
+        return math.sqrt(self.step_size)
 
 
 @dataclass
@@ -172,10 +193,16 @@ def langevin(energy: Energy, x: Tensor, cfg: LangevinConfig,
         clamp: optional box the samples are clipped to after each step (images in [0, 1]).
             Clipping breaks exactness; it is off unless asked for.
     """
-    n = x.shape[0]
     x = x.detach()
     if cfg.n_steps == 0:
         return LangevinResult(x, log_weights, None, 0)
+    with frozen_parameters(energy):
+        return _langevin(energy, x, cfg, log_weights, clamp)
+
+
+def _langevin(energy: Energy, x: Tensor, cfg: LangevinConfig, log_weights: Tensor | None,
+              clamp: tuple[float, float] | None) -> LangevinResult:
+    n = x.shape[0]
     sigma = cfg.sigma
     # MALA and weighted ULA need E and ∇E at both ends of every move; plain ULA only ∇E(x).
     need_pair = cfg.mala or log_weights is not None
