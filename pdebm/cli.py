@@ -389,6 +389,10 @@ def remove_stub(plan: Plan) -> None:
         remove_created(plan.created[:-1])
 
 
+RENAMED = {f"sampler.{k}": f"langevin.{k}" for k in ("step_size", "noise_scale", "mala", "grad_clip")}
+"""Keys that moved (a user's old command gets the new name in its error line)."""
+
+
 def describe(e: Exception, overrides: list[str]) -> str:
     """Hydra's multi-line composition errors, condensed to one line."""
     msg = str(e)
@@ -401,6 +405,8 @@ def describe(e: Exception, overrides: list[str]) -> str:
         return f"unknown option {bad}: {group} must be one of {', '.join(opts)}"
     if "Could not override" in msg or "not in struct" in msg:
         key = msg.split("'", 2)[1] if "'" in msg else "?"
+        if key in RENAMED:
+            return f"'{key}' is now '{RENAMED[key]}' (the Langevin kernel's settings are one node)"
         return f"unknown config key '{key}' (see `pdebm train --cfg job` for the available keys)"
     return lines[0] if lines else type(e).__name__
 

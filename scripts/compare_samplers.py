@@ -56,19 +56,30 @@ def run_job(job: dict) -> dict:
     from pdebm.config import compose_config
     from pdebm.train import train
 
+    from pdebm.errors import TrainingDiverged
+
     torch.set_num_threads(1)
     run_dir = Path(job["run_dir"])
     done = run_dir / "final_metrics.json"
+    stopped = run_dir / "diverged.txt"  # a run the divergence watchdog stopped: its message
     recorded = run_dir / "overrides.json"  # the overrides a finished run was trained with
     same = recorded.is_file() and json.loads(recorded.read_text()) == job["overrides"]
-    if done.is_file() and same and not job["force"]:  # reuse finished runs (resumable benchmarks)
-        final = json.loads(done.read_text())
+    diverged = None
+    if (done.is_file() or stopped.is_file()) and same and not job["force"]:  # reuse finished runs
+        diverged = stopped.read_text() if stopped.is_file() else None
+        final = None if diverged else json.loads(done.read_text())
     else:
         shutil.rmtree(run_dir, ignore_errors=True)  # a stale or different run: start clean
         cfg = compose_config(job["overrides"], run_dir)
-        final = train(cfg)
+        try:
+            final = train(cfg)
+        except TrainingDiverged as e:  # a baseline that blows up is a result, not a crash
+            diverged, final = str(e), None
+            stopped.write_text(diverged)
         recorded.write_text(json.dumps(job["overrides"]))
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    if diverged:  # its numbers are those of its last evaluation (the one that stopped it)
+        final = {**[row for row in history if "test_nll" in row][-1], "diverged": diverged}
     return {**job, "final": final, "history": history}
 
 
@@ -114,13 +125,20 @@ def table(dataset: str, results: list[dict], samplers: list[str]) -> str:
         gap = (fmt([a - statistics.mean(exact_nll) for a in nll])
                if exact_nll and not all(costless(r) for r in rs) else "–")
         steps = sorted({r["history"][-1]["step"] for r in rs})
-        rows.append(f"| {s} | {fmt(nll)} | {gap} | {fmt([x['lag_kl'] for x in f])} | "
+        n_div = sum("diverged" in x for x in f)
+        s_name = s if not n_div else f"{s} (**diverged**: {n_div}/{len(f)} stopped by the watchdog)"
+        rows.append(f"| {s_name} | {fmt(nll)} | {gap} | {fmt([x['lag_kl'] for x in f])} | "
                     f"{fmt([x['lag_kl_floor'] for x in f])} | "
                     f"{fmt([x.get('lag_kl_floor_ess', x['lag_kl_floor']) for x in f])} | "
                     f"{fmt([x['mmd2'] for x in f], 4)} | "
                     f"{statistics.median([x['sampler_grad_evals'] for x in f]):.3g} | "
                     f"{statistics.median([x['wall_clock_s'] for x in f]):.1f} | "
                     f"{'/'.join(str(s_) for s_ in steps)} |")
+    for s in samplers:
+        for r in by[s]:
+            if "diverged" in r["final"]:
+                rows.append(f"\n{s} seed={r['seed']}: {r['final']['diverged']} (its row shows that "
+                            "evaluation; the run did not go on)")
     # cost for each particle variant to reach PCD's NLL: its final one (against PCD's whole cost) and
     # its best one over the run (mean of each seed's minimum, against what PCD spent to get there)
     pcd = by.get("pcd") or []
@@ -228,7 +246,8 @@ def main() -> None:
             f = r["final"]
             print(f"  {r['dataset']:>12} {r['sampler']:>8} seed={r['seed']}: NLL {f['test_nll']:.3f} "
                   f"lag {f['lag_kl']:.3f} evals {f['sampler_grad_evals']:.3g} "
-                  f"{f['wall_clock_s']:.1f}s", file=sys.stderr)
+                  f"{f['wall_clock_s']:.1f}s" + (" DIVERGED" if "diverged" in f else ""),
+                  file=sys.stderr)
             results.append(r)
     header = (f"## preset={args.preset} mode={args.mode} steps={steps}"
               + (f" budget={budget:.3g}" if args.mode == "budget" else "")

@@ -49,6 +49,7 @@ BAD = [
     (["eval.resolution=40", "eval.lag_bins=50"], "too coarse for eval.lag_bins=50"),
     (["eval.lag_bins=1"], "eval.lag_bins must be >= 2, got 1"),
     (["stepz=3"], "unknown config key 'stepz'"),
+    (["sampler=sgld", "sampler.step_size=0.1"], "'sampler.step_size' is now 'langevin.step_size'"),
     (["+sampler.foo=1"], "got an unexpected keyword argument 'foo'"),
     (["=3"], "pdebm: error: "),
     (["sampler=sgld", "sampler.n_steps=0"], "sampler.n_steps must be > 0, got 0"),

@@ -87,3 +87,19 @@ def test_sampler_variant_spec_becomes_sampler_overrides():
     assert sampler_overrides("pcd") == ["sampler=pcd"]
     assert sampler_overrides("particle:field=basis,weights=false") == [
         "sampler=particle", "sampler.field=basis", "sampler.weights=false"]
+
+
+def test_a_diverged_run_is_a_row_not_a_crash(tmp_path):
+    """A baseline the divergence watchdog stops (here: lr 1 and a 0.001-nat NLL margin) is
+    reported in the table with its last evaluation and the watchdog's message; the other
+    samplers' runs still finish, and the stopped run is reused, not retrained, on a rerun."""
+    r = bench(tmp_path, "lr=1.0", "divergence.nll_margin=0.001", "eval_every=2")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "bench" / "fast_2d-steps-4"
+    table = (out / "table.md").read_text()
+    assert "diverged" in table and "training diverged" in table, table
+    stopped = [p for p in out.glob("8gaussians/*/seed=0/diverged.txt")]
+    assert stopped, table
+    mtime = stopped[0].stat().st_mtime
+    assert bench(tmp_path, "lr=1.0", "divergence.nll_margin=0.001", "eval_every=2").returncode == 0
+    assert stopped[0].stat().st_mtime == mtime

@@ -137,8 +137,12 @@ class EnergyModel(nn.Module):
     def device(self) -> torch.device:
         return (self.base if self.base is not None else self.noise).mu.device
 
+    def network(self, x: Tensor) -> Tensor:
+        """The network's output for ``x`` (``self.net(x)``; subclasses may run it faster)."""
+        return self.net(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        out = self.net(x).reshape(x.shape[0])
+        out = self.network(x).reshape(x.shape[0])
         return out if self.base is None else out - self.base.log_prob(x)
 
     def sample_base(self, n: int, generator: torch.Generator | None = None) -> Tensor:
