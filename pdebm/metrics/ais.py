@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from pdebm.energy.base import EnergyModel, GaussianBase
 from pdebm.errors import check, positive
-from pdebm.samplers.langevin import LangevinConfig, langevin
+from pdebm.samplers.langevin import LangevinConfig, frozen_parameters, langevin
 
 SCHEDULES = ("geometric", "linear")
 COVARIANCES = ("full", "diag")
@@ -202,7 +202,7 @@ def ais_log_z(energy: EnergyModel, n_chains: int = 100, n_temps: int = 1000,
     was_training = energy.training
     energy.eval()
     try:
-        with _seeded(seed, device):
+        with _seeded(seed, device), frozen_parameters(energy):  # ∇ₓ only: no θ bookkeeping
             # x₀ ~ p₀ in either coordinate system (z = x₀ − μ unpreconditioned)
             z = torch.randn((n_chains, *mu.shape), device=device)
             if not precondition:
