@@ -141,7 +141,8 @@ def print_profile(args: argparse.Namespace, devices: list[str]) -> None:
     for device in devices:
         for sampler in args.samplers:
             eager = profile_step(args.overrides, device, sampler, False, args)
-            comp = profile_step(args.overrides, device, sampler, True, args)
+            comp = (dict.fromkeys(cols) if args.eager_only
+                    else profile_step(args.overrides, device, sampler, True, args))
             cells = [f"{fmt(eager[c], 2 if c.endswith('ms') else 1)} / "
                      f"{fmt(comp[c], 2 if c.endswith('ms') else 1)}" for c in cols]
             print(f"| {device} | {sampler} | " + " | ".join(cells) + " |", flush=True)
@@ -163,6 +164,8 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=3,
                         help="--profile: steps counted for syncs and profiled (averaged)")
     parser.add_argument("--cpu-only", action="store_true", help="--profile: skip CUDA")
+    parser.add_argument("--eager-only", action="store_true",
+                        help="--profile: skip the compiled column (compiling takes minutes on a CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
