@@ -25,12 +25,9 @@ from torch import Tensor
 from pdebm.energy.base import Energy
 
 
-def contrastive_loss(e_data: Tensor, e_neg: Tensor, log_w: Tensor, alpha: float,
-                     w_bar: Tensor | None = None) -> Tensor:
-    """``L`` from the energies of the data batch and of the negatives (module docstring);
-    ``w_bar`` is ``softmax(log_w)`` when the caller already has it."""
-    if w_bar is None:
-        w_bar = torch.softmax(log_w.detach(), 0)
+def contrastive_loss(e_data: Tensor, e_neg: Tensor, w_bar: Tensor, alpha: float) -> Tensor:
+    """``L`` from the energies of the data batch and of the negatives, whose self-normalised
+    weights are ``w_bar = softmax(log_w)`` (module docstring)."""
     loss = e_data.mean() - (w_bar * e_neg).sum()
     if alpha > 0:
         loss = loss + alpha * (e_data.pow(2).mean() + (w_bar * e_neg.pow(2)).sum())
@@ -74,7 +71,7 @@ def loss_fn(energy: Energy, x_data: Tensor, x_neg: Tensor, log_w: Tensor,
     the loss's device, no host sync; the trainer fetches them when it logs)."""
     e_data, e_neg = energy(x_data), energy(x_neg)
     w_bar = torch.softmax(log_w.detach(), 0)
-    loss = contrastive_loss(e_data, e_neg, log_w, alpha, w_bar)
+    loss = contrastive_loss(e_data, e_neg, w_bar, alpha)
     return loss, LossParts(loss, e_data, e_neg, w_bar)
 
 
@@ -83,6 +80,6 @@ def negatives_grad_factor(e_neg: Tensor, log_w: Tensor, alpha: float) -> Tensor:
     a data term and a negatives term, so the data energies do not enter this derivative)."""
     with torch.enable_grad():
         e = e_neg.detach().clone().requires_grad_(True)
-        loss = contrastive_loss(e.new_zeros(1), e, log_w, alpha)
+        loss = contrastive_loss(e.new_zeros(1), e, torch.softmax(log_w.detach(), 0), alpha)
         (factor,) = torch.autograd.grad(loss, e)
     return factor

@@ -55,34 +55,32 @@ class DivergenceWatch:
     """Non-finite losses, found without a host sync per step: each step's loss (a detached 0-d
     tensor) is only remembered, at no device cost; :meth:`pending` turns the losses since the
     last transfer into two device scalars (the index of the first non-finite one, ``-1`` if
-    none, and its value) that travel with the step's one transfer; :meth:`raise_if_bad` names
-    the step."""
+    none, and its value) that travel with the step's one transfer."""
 
     def __init__(self) -> None:
         self._steps: list[int] = []
         self._losses: list[Tensor] = []
-        self._checked: list[int] = []  # the steps behind the last pending()
 
     def observe(self, loss: Tensor, step: int) -> None:
         self._steps.append(step)
         self._losses.append(loss.detach())
 
-    def pending(self) -> tuple[Tensor, Tensor] | None:
-        """``(index of the first non-finite loss or -1, that loss)`` over the steps observed since
-        the last call, as device tensors; ``None`` if no step was observed."""
+    def pending(self) -> tuple[list[int], Tensor, Tensor] | None:
+        """``(the steps observed since the last call, index of the first non-finite loss among
+        them or -1, that loss)``, the last two as device tensors; ``None`` if no step was
+        observed."""
         if not self._losses:
             return None
         losses = torch.stack(self._losses)
         bad = ~torch.isfinite(losses)
         first = torch.argmax(bad.to(torch.int8))  # the first True (0 when there is none)
-        self._checked, self._steps, self._losses = self._steps, [], []
-        return torch.where(bad.any(), first, -1), losses[first]
+        steps, self._steps, self._losses = self._steps, [], []
+        return steps, torch.where(bad.any(), first, -1), losses[first]
 
-    def raise_if_bad(self, first_bad: float | None, loss: float | None) -> None:
-        """Raise :class:`TrainingDiverged` if ``first_bad`` (an index from :meth:`pending`, or,
-        with nothing pending, a step number) is ``>= 0``."""
-        if first_bad is not None and first_bad >= 0:
-            step = self._checked[int(first_bad)] if self._checked else int(first_bad)
+    @staticmethod
+    def raise_if_bad(step: int | None, loss: float | None) -> None:
+        """Raise :class:`TrainingDiverged` naming ``step`` unless it is ``None``."""
+        if step is not None:
             raise TrainingDiverged(f"loss is {loss} at step {step}: training "
                                    "diverged (try a smaller lr or step size, or energy_reg > 0)")
 
@@ -107,10 +105,11 @@ class StepOutput:
             values.update({f"sampler/{k}": v for k, v in self.sampler.stats().items()})
         pending = self.watch.pending() if self.watch is not None else None
         if pending is not None:
-            values["_first_bad"], values["_bad_loss"] = pending
+            steps, values["_first_bad"], values["_bad_loss"] = pending
         host = to_host(values)
-        if self.watch is not None:
-            self.watch.raise_if_bad(host.pop("_first_bad", None), host.pop("_bad_loss", None))
+        if pending is not None:
+            first, loss = int(host.pop("_first_bad")), host.pop("_bad_loss")
+            DivergenceWatch.raise_if_bad(steps[first] if first >= 0 else None, loss)
         return host
 
 
@@ -145,8 +144,8 @@ def train_step(run: Trainable, x_data: Tensor, alpha: float = 0.0,
     t0 = time.perf_counter()
     loss, parts = loss_fn(run.energy, x_data, x_neg, log_w, alpha)
     if watch is None:
-        DivergenceWatch().raise_if_bad(None if torch.isfinite(loss).item() else step,
-                                       float(loss.detach()))
+        DivergenceWatch.raise_if_bad(None if torch.isfinite(loss).item() else step,
+                                      float(loss.detach()))
     else:
         watch.observe(loss, step)
     run.optimizer.zero_grad(set_to_none=True)

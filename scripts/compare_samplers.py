@@ -54,9 +54,8 @@ def run_job(job: dict) -> dict:
     import torch
 
     from pdebm.config import compose_config
-    from pdebm.train import train
-
     from pdebm.errors import TrainingDiverged
+    from pdebm.train import train
 
     torch.set_num_threads(1)
     run_dir = Path(job["run_dir"])
@@ -64,22 +63,18 @@ def run_job(job: dict) -> dict:
     stopped = run_dir / "diverged.txt"  # a run the divergence watchdog stopped: its message
     recorded = run_dir / "overrides.json"  # the overrides a finished run was trained with
     same = recorded.is_file() and json.loads(recorded.read_text()) == job["overrides"]
-    diverged = None
-    if (done.is_file() or stopped.is_file()) and same and not job["force"]:  # reuse finished runs
-        diverged = stopped.read_text() if stopped.is_file() else None
-        final = None if diverged else json.loads(done.read_text())
-    else:
+    if not ((done.is_file() or stopped.is_file()) and same and not job["force"]):  # else reuse it
         shutil.rmtree(run_dir, ignore_errors=True)  # a stale or different run: start clean
-        cfg = compose_config(job["overrides"], run_dir)
         try:
-            final = train(cfg)
+            train(compose_config(job["overrides"], run_dir))  # writes final_metrics.json
         except TrainingDiverged as e:  # a baseline that blows up is a result, not a crash
-            diverged, final = str(e), None
-            stopped.write_text(diverged)
+            stopped.write_text(str(e))
         recorded.write_text(json.dumps(job["overrides"]))
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    if diverged:  # its numbers are those of its last evaluation (the one that stopped it)
-        final = {**[row for row in history if "test_nll" in row][-1], "diverged": diverged}
+    if stopped.is_file():  # its numbers are those of its last evaluation (the one that stopped it)
+        final = {**[row for row in history if "test_nll" in row][-1], "diverged": stopped.read_text()}
+    else:
+        final = json.loads(done.read_text())
     return {**job, "final": final, "history": history}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -47,14 +48,13 @@ class MLPEnergy(EnergyModel):
             zero_init_(last)
         layers.append(last)
         self.net = nn.Sequential(*layers)
-        # The forward pass calls the layers after the Flatten itself (flatten(1) returns a 2-D
-        # batch unchanged): two module calls fewer per energy evaluation, about 3 % of a K = 20
-        # sampling call on a 256-point 2D batch. The state-dict keys stay those of ``net``.
-        self._layers = tuple(layers[1:])
 
     def network(self, x: Tensor) -> Tensor:
+        """``self.net(x)`` with the layers after its ``Flatten`` called here (``flatten(1)``
+        returns a 2-D batch unchanged): two module calls fewer per energy evaluation, about 3 %
+        of a K = 20 sampling call on a 256-point 2D batch."""
         h = x.flatten(1)
-        for layer in self._layers:
+        for layer in itertools.islice(self.net, 1, None):
             h = layer(h)
         return h
 

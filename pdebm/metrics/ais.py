@@ -211,7 +211,8 @@ def ais_log_z(energy: EnergyModel, n_chains: int = 100, n_temps: int = 1000,
             # The adapted step size and the acceptance stay on the device (no host sync per
             # temperature): ``step`` is a float64 0-d tensor once adaptation starts.
             step: float | Tensor = kernel.step_size
-            accept_sum, n_accepts, evals, beta_prev = None, 0, 0, 0.0
+            rates: list[Tensor] = []
+            evals, beta_prev = 0, 0.0
             for beta in tqdm(betas.tolist(), desc="AIS", disable=not progress, leave=False):
                 log_w += -(beta - beta_prev) * network(z)
                 cfg = dataclasses.replace(kernel, step_size=step)
@@ -219,15 +220,14 @@ def ais_log_z(energy: EnergyModel, n_chains: int = 100, n_temps: int = 1000,
                 z, evals, beta_prev = res.x, evals + res.grad_evals, beta
                 if kernel.mala and res.accept_rate is not None:
                     rate = res.accept_rate.double()
-                    accept_sum = rate if accept_sum is None else accept_sum + rate
-                    n_accepts += 1
+                    rates.append(rate)
                     if adapt_step_size:
                         step = (step * torch.exp(rate - target_accept)).clamp(1e-8, 1e2)
                 else:
                     log_w = res.log_weights if res.log_weights is not None else log_w
     finally:
         energy.train(was_training)
-    accept_rate = (float(accept_sum) / n_accepts) if accept_sum is not None else None
+    accept_rate = float(torch.stack(rates).mean()) if rates else None
     log_z, se, ess = _log_mean_exp_stats(log_w)
     check(math.isfinite(log_z), "AIS log-weights are not finite: the energy is NaN/inf on some "
           "chains (try a smaller step size or more temperatures)")
