@@ -93,7 +93,7 @@ def preflight(config_name: str, args: list[str]) -> Plan:
         jobs = _jobs(parsed)
     except HydraException as e:
         raise ConfigError(str(e).splitlines()[0]) from None
-    cfgs = _compose_and_check(config_name, jobs, multirun)
+    cfgs = compose_and_check(config_name, jobs, multirun)
     plan = Plan([*(["-m"] if multirun else []), *positional])
     plan.warnings = _unread(config_name, parsed)
     if resumed is not None:
@@ -201,7 +201,7 @@ def _jobs(parsed) -> list[tuple[list[str], list[str]]]:
     return jobs
 
 
-def _compose_and_check(config_name: str, jobs, multirun: bool) -> list:
+def compose_and_check(config_name: str, jobs, multirun: bool) -> list:
     """Compose every job and run the pure checks; the first failure is one ConfigError line
     that names the job."""
     from hydra import compose, initialize_config_dir

@@ -49,6 +49,14 @@ def sampler_overrides(spec: str) -> list[str]:
     return [f"sampler={name}"] + [f"sampler.{kv}" for kv in keys.split(",") if kv]
 
 
+def split_rows(words: list[str]) -> tuple[list[str], list[str]]:
+    """``--samplers particle pcd lr=3e-4``: argparse hands trailing ``key=value`` words to
+    ``--samplers``; they are overrides for every run, not table rows (a row's own keys come after
+    its colon). Returns (rows, overrides)."""
+    rows = [w for w in words if "=" not in w.partition(":")[0]]
+    return rows, [w for w in words if "=" in w.partition(":")[0]]
+
+
 def run_job(job: dict) -> dict:
     """One training run in a fresh process; returns its history and final metrics."""
     import torch
@@ -200,7 +208,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="fast_2d", help="experiment preset (fast_2d, paper_2d)")
     ap.add_argument("--datasets", nargs="+", default=["8gaussians"], help=f"any of {DATASETS_2D} or 'all'")
-    ap.add_argument("--samplers", nargs="+", default=["particle", "pcd", "sgld", "exact"])
+    ap.add_argument("--samplers", nargs="+", default=["particle", "pcd", "sgld", "exact"],
+                    help="table rows: sampler options, or OPTION:key=value,... for a variant")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--mode", choices=["steps", "budget"], default="steps")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
@@ -210,10 +219,25 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="rerun jobs that already finished")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for every run (key=value)")
     args = ap.parse_args()
+    args.samplers, extra = split_rows(args.samplers)
+    args.overrides += extra
+    if not args.samplers:
+        ap.error("--samplers names no sampler option")
     datasets = DATASETS_2D if args.datasets == ["all"] else args.datasets
 
+    from pdebm.cli import compose_and_check
     from pdebm.config import compose_config
+    from pdebm.errors import ConfigError
 
+    def check(overrides: list[str], what: str) -> None:
+        """Bad input is one line and exit status 2, before any run starts."""
+        try:
+            compose_and_check("train", [(overrides, [])], multirun=False)
+        except ConfigError as e:
+            print(f"pdebm: error: {what}{e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    check([f"experiment={args.preset}", *args.overrides], "")
     base = compose_config([f"experiment={args.preset}", *args.overrides])
     steps = args.steps or int(base.steps)
     budget = args.budget
@@ -233,6 +257,8 @@ def main() -> None:
                     ov.append(f"steps={steps}")
                 jobs.append({"dataset": d, "sampler": s, "seed": seed, "overrides": ov,
                              "run_dir": str(out / d / s / f"seed={seed}"), "force": args.force})
+    for j in jobs:
+        check(j["overrides"], f"{j['dataset']} {j['sampler']} seed={j['seed']}: ")
     t0 = time.time()
     print(f"{len(jobs)} runs, {args.jobs} at a time, into {out}", file=sys.stderr)
     with ProcessPoolExecutor(args.jobs) as pool:

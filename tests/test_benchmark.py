@@ -103,3 +103,26 @@ def test_a_diverged_run_is_a_row_not_a_crash(tmp_path):
     mtime = stopped[0].stat().st_mtime
     assert bench(tmp_path, "lr=1.0", "divergence.nll_margin=0.001", "eval_every=2").returncode == 0
     assert stopped[0].stat().st_mtime == mtime
+
+
+def test_overrides_after_samplers_go_to_every_run_not_to_the_rows(tmp_path):
+    assert _load_script().split_rows(["particle", "particle:field=basis,weights=false", "lr=3e-4"]) == (
+        ["particle", "particle:field=basis,weights=false"], ["lr=3e-4"])
+    overrides = [o for o in TINY_2D if not o.startswith("steps=")] + ["sampler.n_steps=2"]
+    cmd = [sys.executable, str(SCRIPT), "--preset", "fast_2d", "--seeds", "0", "--steps", "2",
+           "--jobs", "1", "--out", str(tmp_path / "bench"), "--samplers", "pcd", *overrides, "lr=3e-4"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    runs = sorted((tmp_path / "bench" / "fast_2d-steps-2" / "8gaussians").iterdir())
+    assert [p.name for p in runs] == ["pcd"]  # one row, not a row named "lr=3e-4"
+    assert "lr=3e-4" in json.loads((runs[0] / "seed=0" / "overrides.json").read_text())
+
+
+def test_bad_sampler_row_is_one_line_and_exit_2_before_any_run(tmp_path):
+    for bad in (["nosuch"], ["particle", "particle:no_such_key=1"]):
+        cmd = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "bench"), "--samplers", *bad]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert r.returncode == 2
+        assert r.stderr.startswith("pdebm: error: 8gaussians ") and r.stderr.count("\n") == 1, r.stderr
+        assert not (tmp_path / "bench").exists()
