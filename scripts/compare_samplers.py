@@ -226,23 +226,22 @@ def main() -> None:
     datasets = DATASETS_2D if args.datasets == ["all"] else args.datasets
 
     from pdebm.cli import compose_and_check
-    from pdebm.config import compose_config
     from pdebm.errors import ConfigError
 
-    def check(overrides: list[str], what: str) -> None:
-        """Bad input is one line and exit status 2, before any run starts."""
+    def check(overrides: list[str], what: str = ""):
+        """One run's config, composed and checked as `pdebm train` does; bad input is one line
+        and exit status 2, before any run starts."""
         try:
-            compose_and_check("train", [(overrides, [])], multirun=False)
+            return compose_and_check("train", [(overrides, [])], multirun=False)[0]
         except ConfigError as e:
             print(f"pdebm: error: {what}{e}", file=sys.stderr)
             raise SystemExit(2) from None
 
-    check([f"experiment={args.preset}", *args.overrides], "")
-    base = compose_config([f"experiment={args.preset}", *args.overrides])
+    base = check([f"experiment={args.preset}", *args.overrides])
     steps = args.steps or int(base.steps)
     budget = args.budget
     if args.mode == "budget" and budget is None:
-        pcd = compose_config([f"experiment={args.preset}", "sampler=pcd", *args.overrides])
+        pcd = check([f"experiment={args.preset}", "sampler=pcd", *args.overrides])
         budget = steps * pcd.sampler.n_steps * pcd.sampler.n_samples
     out = Path(args.out) / f"{args.preset}-{args.mode}-{steps}"  # runs of other lengths never mix
     jobs = []
