@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from pdebm.errors import ConfigError
-from pdebm.io import atomic_write
+from pdebm.io import atomic_write, remove_stale_tmp
 
 LAST = "last.pt"
 REQUIRED_KEYS = ("step", "energy", "optimizer", "scheduler", "sampler", "dataset", "rng")
@@ -52,14 +52,28 @@ class Checkpoints:
     """``last.pt`` (what a resume continues) and ``last_good.pt``: the last checkpoint that a later
     evaluation found sound (:mod:`pdebm.diverge`); a diverged state never overwrites it."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, start_step: int | None = None) -> None:
         self.last, self.good = folder / LAST, folder / GOOD
         self.good_step: int | None = None
         self.pending: int | None = None   # step of last.pt, until an evaluation confirms it
+        self.saved_step: int | None = start_step if self.last.is_file() else None  # a resume's
+        remove_stale_tmp(folder)          # an interrupted write's leftovers (SIGKILL mid-save)
 
     def save(self, state: dict[str, Any]) -> None:
         save(self.last, state)
-        self.pending = int(state["step"])
+        self.pending = self.saved_step = int(state["step"])
+
+    def intact(self) -> str:
+        """The last intact checkpoint, for a message after a failed write."""
+        if self.last.is_file():
+            if self.saved_step is None:
+                try:
+                    self.saved_step = int(torch.load(self.last, weights_only=False)["step"])
+                except Exception:
+                    pass
+            step = f" (step {self.saved_step})" if self.saved_step is not None else ""
+            return f"the last intact checkpoint is {self.last}{step}"
+        return "no checkpoint had been written yet"
 
     def confirm(self, step: int) -> None:
         """An evaluation at ``step`` passed the watchdog: a ``last.pt`` written at or before it
@@ -76,5 +90,17 @@ class Checkpoints:
                 f" (step {self.good_step})" if self.good_step is not None else "")
         else:
             kept = "no checkpoint had been confirmed by an evaluation yet"
+        reason = reason.split(": training diverged", 1)[0]  # the step's own note repeats the advice
         return (f"training diverged: {reason}; {kept}; try a smaller lr or langevin.step_size, "
                 "or energy_reg > 0")
+
+
+def write_error(e: OSError, ckpts: "Checkpoints | None", continue_with: str = "") -> str:
+    """One line for a failed write (a full disk, a directory made read-only): the path, the
+    reason, and the last intact checkpoint (every file is written atomically, so it is whole)."""
+    path = e.filename or "a run file"
+    reason = e.strerror or type(e).__name__
+    kept = ckpts.intact() if ckpts is not None else "no checkpoint had been written yet"
+    more = f"; once fixed, continue with: {continue_with}" if continue_with and ckpts is not None \
+        and ckpts.last.is_file() else ""
+    return f"cannot write {path}: {reason}; {kept}{more}"

@@ -25,6 +25,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pdebm.resume import quote  # noqa: F401  (also cli.quote)
+
 USAGE = """usage: pdebm <command> [hydra overrides]
 
 commands:
@@ -50,6 +52,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     created: list[Path] = field(default_factory=list)   # directories made here, outermost first
     run_dir: Path | None = None                           # the run's (or sweep's) directory
+    jobs: int = 0                                         # a sweep's number of jobs
 
 
 def preflight(config_name: str, args: list[str]) -> Plan:
@@ -64,6 +67,7 @@ def preflight(config_name: str, args: list[str]) -> Plan:
         return Plan(list(args))  # --help, --cfg, --info ...: Hydra handles those itself
     multirun = any(a in MULTIRUN_FLAGS for a in args)
     positional = [a for a in args if a not in MULTIRUN_FLAGS]
+    positional = [_pasted_path(a) for a in _run_positional(config_name, positional)]
     for a in positional:
         if "=" not in a and not a.startswith("~"):
             raise ConfigError(f"override {a!r} has no value: write {a}=<value> "
@@ -89,6 +93,7 @@ def preflight(config_name: str, args: list[str]) -> Plan:
     if resumed is not None:
         positional = resumed.overrides
         parsed = parser.parse_overrides(positional)
+        multirun = multirun or resumed.sweep
     try:
         jobs = _jobs(parsed)
     except HydraException as e:
@@ -96,49 +101,192 @@ def preflight(config_name: str, args: list[str]) -> Plan:
     cfgs = compose_and_check(config_name, jobs, multirun)
     plan = Plan([*(["-m"] if multirun else []), *positional])
     plan.warnings = _unread(config_name, parsed)
-    if resumed is not None:
+    if resumed is not None and not resumed.sweep:
         from pdebm.config import job_config
         from pdebm.resume import refusal
 
-        why = refusal(resumed.config, job_config(cfgs[0]))
+        why = refusal(resumed.config, job_config(cfgs[0]), resumed.given)
         if why:
             raise ConfigError(why)
+        plan.warnings += resumed.warnings
     if config_name == "train":
         _claim_output_dir(plan, cfgs[0], parsed, multirun,
                           resumed.run if resumed is not None and resumed.own else None)
+        if multirun:
+            plan.jobs = len(jobs)
+            if _requeues(cfgs[0]) and not any(_is_resume(o) for o in parsed):
+                # submitit requeues a preempted job with its own arguments (its checkpoint()
+                # hook): resume=auto makes the requeued job continue from its checkpoint
+                plan.args.append("resume=auto")
     return plan
+
+
+def _is_resume(o) -> bool:
+    return o.get_key_element().lstrip("+~") == "resume"
+
+
+def _requeues(cfg) -> bool:
+    """Whether the sweep's launcher requeues preempted jobs (hydra-submitit-launcher)."""
+    from omegaconf import OmegaConf
+
+    return "submitit" in str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+
+
+RUN_KEYS = ("run", "resume", "hydra.run.dir", "hydra.sweep.dir")
+"""Keys whose value is a path: a pasted path holding ``=`` or ``,`` is quoted for Hydra."""
+
+
+def _run_positional(config_name: str, args: list[str]) -> list[str]:
+    """``pdebm eval <run dir>`` (any command but ``train``, whose config has a ``run`` key): a
+    lone word that is no override and names an existing path becomes ``run=<that path>``."""
+    if config_name == "train":
+        return args
+    out = []
+    for a in args:
+        if "=" not in a.split("/", 1)[0] and not a.startswith(("~", "+")) and Path(a).exists():
+            a = f"run={quote(a)}"
+        out.append(a)
+    return out
+
+
+def _pasted_path(arg: str) -> str:
+    """``run=outputs/.../lr=0.01,seed=1`` as pasted: the value names an existing path but would
+    parse as a sweep or a nested override, so it is quoted (``run='outputs/...'``)."""
+    key, sep, value = arg.partition("=")
+    if (not sep or key.lstrip("+") not in RUN_KEYS or not value or value[0] in "'\""
+            or not any(c in value for c in "=,[]{}() '")):
+        return arg
+    if key.lstrip("+") in ("run", "resume") and not Path(value).expanduser().exists():
+        return arg
+    return f"{key}={quote(value)}"
 
 
 @dataclass
 class Resumed:
-    """A ``resume=`` request: the overrides to compose (the run's own, the user's safe ones, the
-    checkpoint), the checkpoint's config, and the run directory it continues in."""
+    """A ``resume=`` request: the overrides to compose (the run's own or, when those are missing
+    or no longer compose to the checkpoint's config, overrides rebuilt from the checkpoint's
+    config; then the user's, then the checkpoint), the checkpoint's config, and the run (or
+    sweep) directory it continues in."""
 
     overrides: list[str]
     config: dict | None
     run: Path
-    own: bool  # the run was launched by the command: its overrides are known, continue in place
+    own: bool              # continue in the run's own directory (a checkpoint of a run directory)
+    given: list[str] = field(default_factory=list)     # the user's own overrides
+    warnings: list[str] = field(default_factory=list)  # e.g. damaged rows of metrics.jsonl
+    sweep: bool = False    # resume=<sweep dir>: the sweep again, every job with resume=auto
 
 
 def _resume(parsed, multirun: bool) -> Resumed | None:
-    """Read the checkpoint named by ``resume=`` (a run directory or a checkpoint file)."""
+    """Read what ``resume=`` names: a run directory, a checkpoint file or a sweep directory."""
     from pdebm import checkpoint
     from pdebm.errors import ConfigError
-    from pdebm.resume import merged_overrides, original_overrides, run_dir_of
+    from pdebm.resume import (AUTO, is_sweep_dir, merged_overrides, original_overrides,
+                              read_metrics, run_dir_of)
 
     given = [o for o in parsed if o.get_key_element().lstrip("+") == "resume"]
-    if not given or given[-1].value() in (None, "null"):
+    if not given or given[-1].value() in (None, "null", AUTO):
         return None
-    if multirun:
-        raise ConfigError("resume= continues one run, not a sweep: resume each job's directory "
-                          "with its own `pdebm train resume=<job dir>`")
-    ckpt = checkpoint.resolve(str(given[-1].value()))
-    state = checkpoint.load(ckpt)
-    run = run_dir_of(ckpt.resolve())
+    value = str(given[-1].value())
     mine = [o.input_line for o in parsed if o.get_key_element().lstrip("+") != "resume"]
-    original = original_overrides(run)
-    overrides = merged_overrides(original or [], mine) + [f"resume={quote(str(ckpt))}"]
-    return Resumed(overrides, state.get("config"), run, original is not None)
+    if is_sweep_dir(Path(value).expanduser()):
+        return _resume_sweep(Path(value).expanduser(), mine)
+    if multirun:
+        raise ConfigError("resume= of one run takes no -m; to continue a whole sweep, give its "
+                          "directory: pdebm train resume=<sweep dir>")
+    ckpt = checkpoint.resolve(value)
+    state = checkpoint.load(ckpt)
+    saved = state.get("config")
+    own = ckpt.resolve().parent.name == "checkpoints"
+    run = run_dir_of(ckpt.resolve())
+    original = original_overrides(run) if own else None
+    overrides = None
+    with _composer("train") as compose_job:
+        if original is not None:
+            overrides = merged_overrides(original, mine)
+            if saved is not None and _unexplained(saved, compose_job, overrides, mine):
+                overrides = None  # the record no longer composes to the run: the checkpoint rules
+        if overrides is None and saved is not None:
+            from pdebm.resume import overrides_from_config
+
+            overrides = merged_overrides(overrides_from_config(saved, compose_job), mine)
+    if overrides is None:
+        overrides = list(mine)
+    warnings = []
+    if own:
+        _, damage = read_metrics(run / "metrics.jsonl", int(state["step"]))
+        warnings = [damage] if damage else []
+    return Resumed([*overrides, f"resume={quote(str(ckpt))}"], saved, run, own, mine, warnings)
+
+
+def _unexplained(saved: dict, compose_job, overrides: list[str], mine: list[str]) -> bool:
+    """Whether ``overrides`` compose to a config that differs from the checkpoint's in a key the
+    user did not give (or do not compose at all)."""
+    from pdebm.checkpoint_diff import config_diff
+    from pdebm.resume import _key
+
+    try:
+        job = compose_job(overrides)
+    except Exception:
+        return True
+    keys = [_key(o) for o in mine]
+    for d in config_diff(saved, job):
+        k = d.split(":", 1)[0]
+        if not any(k == u or k.startswith(u + ".") or u == "experiment" for u in keys):
+            return True
+    return False
+
+
+def _resume_sweep(root: Path, mine: list[str]) -> Resumed:
+    """``resume=<sweep dir>``: the sweep's own overrides (``multirun.yaml``), its launcher, and
+    ``resume=auto`` for every job: a finished job is kept, a stopped one continues from its
+    checkpoint, one that never started runs."""
+    from omegaconf import OmegaConf
+
+    from pdebm.checkpoint_diff import SAFE_KEYS
+    from pdebm.errors import ConfigError
+    from pdebm.resume import AUTO, MULTIRUN, SAFE_SHORT, _key, merged_overrides
+
+    try:
+        record = OmegaConf.load(root / MULTIRUN).hydra.overrides
+        task, launch = [str(o) for o in record.task], [str(o) for o in record.hydra]
+    except Exception as e:
+        raise ConfigError(f"cannot read the sweep's record {root / MULTIRUN}: "
+                          f"{type(e).__name__}") from None
+    bad = [o for o in mine if _key(o) not in SAFE_KEYS and not _key(o).startswith("hydra")]
+    if bad:
+        raise ConfigError(f"resume=<sweep dir> continues the sweep as it was launched: {bad[0]} "
+                          f"cannot change (only {SAFE_SHORT} may change on resume)")
+    task = [o for o in task if _key(o) != "resume"]
+    launch = [o for o in launch if _key(o) not in ("hydra.sweep.dir", "hydra.mode")]
+    overrides = [*merged_overrides(task, mine), *launch, f"resume={AUTO}"]
+    return Resumed(overrides, None, root, True, mine, sweep=True)
+
+
+class _composer:
+    """``with _composer("train") as compose:``; ``compose(overrides)`` -> the job config as
+    plain data (no checks)."""
+
+    def __init__(self, config_name: str) -> None:
+        self.config_name = config_name
+
+    def __enter__(self):
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        from pdebm.config import CONFIG_DIR, job_config
+
+        GlobalHydra.instance().clear()
+        self._ctx = initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3")
+        self._ctx.__enter__()
+        return lambda overrides: job_config(compose(config_name=self.config_name,
+                                                    overrides=list(overrides)))
+
+    def __exit__(self, *exc) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+
+        self._ctx.__exit__(*exc)
+        GlobalHydra.instance().clear()
 
 
 def _command(config_name: str) -> str:
@@ -244,9 +392,113 @@ def _check_train(cfg) -> None:
     from pdebm.validate import validate
 
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    _check_fit(cfg)
     validate(job)
     instantiate(job.sampler)
     instantiate(job.schedule, total_steps=job.steps)
+
+
+def _kind(dataset_option: str | None) -> str | None:
+    """``2d`` or ``images`` for a dataset option (from its YAML's ``_target_``), else None."""
+    from omegaconf import OmegaConf
+
+    from pdebm.config import CONFIG_DIR
+
+    p = CONFIG_DIR / "dataset" / f"{dataset_option}.yaml"
+    if not dataset_option or not p.is_file():
+        return None
+    target = str(OmegaConf.load(p).get("_target_", ""))
+    return "images" if ".images." in target else "2d" if ".toy2d." in target else None
+
+
+def _keys(dataset_option: str | None) -> set[str]:
+    """The settings of a dataset option (two IDX sets share theirs: 28×28 images from files)."""
+    from omegaconf import OmegaConf
+
+    from pdebm.config import CONFIG_DIR
+
+    p = CONFIG_DIR / "dataset" / f"{dataset_option}.yaml"
+    return set(OmegaConf.load(p)) - {"_target_"} if dataset_option and p.is_file() else set()
+
+
+def _preset_dataset(experiment: str) -> str | None:
+    """The dataset option an experiment preset selects (its ``override /dataset``)."""
+    from omegaconf import OmegaConf
+
+    from pdebm.config import CONFIG_DIR
+
+    p = CONFIG_DIR / "experiment" / f"{experiment}.yaml"
+    if not p.is_file():
+        return None
+    for entry in OmegaConf.load(p).get("defaults", []) or []:
+        if isinstance(entry, dict) or OmegaConf.is_dict(entry):
+            for k, v in entry.items():
+                if str(k).replace("override ", "").strip().lstrip("/") == "dataset":
+                    return str(v)
+    return None
+
+
+def presets_for(dataset_option: str, kind: str | None = None) -> list[str]:
+    """The experiment presets made for ``dataset_option`` (or, given ``kind``, for any dataset
+    of that kind), quick ones first and the papers' protocols last."""
+    from pdebm.config import CONFIG_DIR
+
+    names = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+    own = [n for n in names if _preset_dataset(n) == dataset_option]
+    similar = [n for n in names if kind is not None and n not in own
+               and _kind(_preset_dataset(n)) == kind and "quick" in n]
+    similar.sort(key=lambda n: _keys(_preset_dataset(n)) != _keys(dataset_option))  # same layout first
+    quick = [n for n in own if "quick" in n]
+    rest = sorted((n for n in own if n not in quick), key=lambda n: (n.startswith("paper"), n))
+    return [*quick, *([] if quick else similar), *rest] or sorted(
+        (n for n in names if kind is not None and _kind(_preset_dataset(n)) == kind),
+        key=lambda n: (n.startswith("paper"), "quick" not in n, n))
+
+
+def _use(presets: list[str], dataset: str) -> str:
+    """``experiment=X`` (with ``dataset=`` when X is made for another set), and up to two more."""
+    words = [f"experiment={p}" + (f" dataset={dataset}" if _preset_dataset(p) != dataset else "")
+             for p in presets[:3]]
+    return words[0] + (f" (or {', '.join(words[1:])})" if len(words) > 1 else "")
+
+
+def _check_fit(cfg) -> None:
+    """A dataset and the settings around it that cannot train together, in the user's words:
+    an image dataset with the 2D defaults (the MLP energy, no preset), or a preset made for the
+    other kind of data (``experiment=paper_2d dataset=digits``)."""
+    from omegaconf import OmegaConf
+
+    from pdebm.errors import ConfigError
+
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
+    dataset, experiment = choices.get("dataset"), choices.get("experiment")
+    kind = _kind(dataset)
+    if kind is None:
+        return
+    if experiment in (None, "null"):
+        if kind == "images" and choices.get("energy") == "mlp":
+            use = presets_for(dataset, kind)
+            hint = f"use {_use(use, dataset)}" if use else "choose energy=conv and image settings"
+            raise ConfigError(f"dataset={dataset} is an image data set, and the defaults are made "
+                              f"for 2D data (the MLP energy, langevin.step_size=0.01): {hint}, "
+                              "which sets the image model up")
+        return
+    made_for = _preset_dataset(str(experiment))
+    preset_kind = _kind(made_for)
+    if preset_kind is not None and preset_kind != kind:
+        words = {"2d": "a 2D data set", "images": "an image data set"}
+        use = presets_for(dataset, kind)
+        hint = f"use {_use(use, dataset)}" if use else "leave experiment= out"
+        raise ConfigError(f"experiment={experiment} is made for {words[preset_kind]} "
+                          f"(dataset={made_for}), but dataset={dataset} is {words[kind]}: {hint}")
+
+
+def _short_override(line: str, limit: int = 60) -> str:
+    """An override as shown in a warning: a long value cut, with its length."""
+    key, sep, value = line.partition("=")
+    if len(line) <= limit or not sep:
+        return line
+    return f"{key}={value[:20]}... ({len(value)} characters)"
 
 
 def _unread(config_name: str, parsed) -> list[str]:
@@ -268,7 +520,8 @@ def _unread(config_name: str, parsed) -> list[str]:
             known = [k for k in compose(config_name=config_name) if k != "hydra"]
     finally:
         GlobalHydra.instance().clear()
-    return unread_keys(added, [*known, *GROUPS])
+    return [" ".join(w.split()) for w in
+            unread_keys([_short_override(a) for a in added], [*known, *GROUPS])]
 
 
 def _claim_output_dir(plan: Plan, cfg, parsed, multirun: bool, resumed: Path | None = None) -> None:
@@ -283,11 +536,27 @@ def _claim_output_dir(plan: Plan, cfg, parsed, multirun: bool, resumed: Path | N
 
     setup_globals()  # Hydra's ${now:...} resolver
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    for k in ("hydra.run.dir", "hydra.sweep.dir"):
+        if any(o.get_key_element().lstrip("+") == k for o in parsed):
+            value = OmegaConf.select(cfg, k)
+            if value is None or not str(value).strip():
+                raise ConfigError(f"{k} is empty: give a directory, or leave {k} out for a new "
+                                  "one under outputs/")
     given = any(o.get_key_element().lstrip("+") == key for o in parsed)
     path = Path(str(OmegaConf.select(cfg, key)))
-    if resumed is not None:
+    if resumed is not None and (not given or path.resolve() == resumed.resolve()):
         given, path = True, resumed
         plan.args.append(f"{key}={quote(str(path))}")
+    else:
+        resumed = None
+        held = holds_run(path) if given else None
+        if held is not None:
+            what = "sweep" if multirun or (path / "multirun.yaml").is_file() else "run"
+            from pdebm.resume import continue_command
+
+            raise ConfigError(f"{key}={path} already holds a {what} ({held}); pdebm never "
+                              f"writes over a run: give a new directory, or continue it with "
+                              f"{continue_command(path)}")
     try:
         if resumed is not None:
             pass
@@ -305,6 +574,34 @@ def _claim_output_dir(plan: Plan, cfg, parsed, multirun: bool, resumed: Path | N
         raise ConfigError(f"cannot write the run directory {path}: {reason} (set {key}=<a "
                           "writable directory>, or run from a writable working directory)") from None
     plan.run_dir = path
+
+
+RUN_MARKS = ("checkpoints/last.pt", "checkpoints/last_good.pt", "metrics.jsonl",
+             "final_metrics.json", "multirun.yaml")
+"""Files that show a directory holds a run (or a sweep); with ``events.out.tfevents.*``."""
+
+
+def holds_run(d: Path, depth: int = 1) -> str | None:
+    """What shows that ``d`` (or a directory in it, ``depth`` levels down: a sweep's jobs)
+    holds a run: the first such file, relative to ``d``; None for a new or run-free directory."""
+    if not d.is_dir():
+        return None
+    for mark in RUN_MARKS:
+        if (d / mark).exists():
+            return mark
+    events = next(d.glob("events.out.tfevents.*"), None)
+    if events is not None:
+        return events.name
+    if depth > 0:
+        try:
+            subdirs = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            return None
+        for sub in subdirs:
+            found = holds_run(sub, depth - 1)
+            if found is not None:
+                return f"{sub.name}/{found}"
+    return None
 
 
 def _makedirs(path: Path) -> list[Path]:
@@ -345,11 +642,6 @@ def claim(path: Path) -> tuple[Path, list[Path]]:
         remove_created(made)
         raise
     raise AssertionError("unreachable")
-
-
-def quote(value: str) -> str:
-    """A Hydra override value as a quoted string (directory names hold ``=`` and ``,``)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def remove_created(dirs: list[Path]) -> None:
@@ -444,10 +736,36 @@ def main(argv: list[str] | None = None) -> None:
         ok = True
     except SystemExit as e:
         ok = e.code in (None, 0)
+        if not ok and plan.jobs:
+            print(sweep_summary(plan, e.code), file=sys.stderr, flush=True)
         raise
     finally:
         if not ok:
             remove_stub(plan)
+
+
+def sweep_summary(plan: Plan, code) -> str:
+    """The last line of a sweep that ended early: how many jobs finished, how many stopped with a
+    checkpoint, how many never started, and the command that continues it."""
+    import signal
+
+    from pdebm.resume import continue_command
+
+    root = plan.run_dir
+    finished = stopped = 0
+    if root is not None and root.is_dir():
+        for job in root.iterdir():
+            if not job.is_dir() or job.name.startswith("."):
+                continue
+            if (job / "final_metrics.json").is_file():
+                finished += 1
+            elif (job / "checkpoints" / "last.pt").is_file():
+                stopped += 1
+    rest = max(0, plan.jobs - finished - stopped)
+    why = (f"stopped by {signal.Signals(code - 128).name}" if isinstance(code, int) and code > 128
+           and code - 128 in {s.value for s in signal.Signals} else f"ended early (exit {code})")
+    return (f"pdebm: sweep {why}: {finished} of {plan.jobs} jobs finished, {stopped} stopped "
+            f"with a checkpoint, {rest} never started; continue with: {continue_command(root)}")
 
 
 if __name__ == "__main__":

@@ -21,11 +21,43 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # a full disk, a directory made read-only
+        Path(tmp).unlink(missing_ok=True)
+        cause = _os_error(e)
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _os_error(e: BaseException | None) -> OSError | None:
+    """The OSError behind ``e`` (torch's zip writer reports a full disk as a RuntimeError whose
+    context is the OSError), or None."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Remove what an interrupted :func:`atomic_write` in ``folder`` left behind (a SIGKILL
+    between creating and renaming its ``.<name>.<random>.tmp``); returns the files removed.
+    Called when a run (re)starts in its directory, so never while a write of that run is under way."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        if p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed

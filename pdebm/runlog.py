@@ -8,6 +8,7 @@ Tags: ``train/*`` (loss parts, lr, grad_norm), ``sampler/*`` (the sampler's ``st
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from pdebm.build import Run, choice, job_config
 from pdebm.figures import close_figure
-from pdebm.io import atomic_write_text
+from pdebm.io import atomic_write_text, remove_stale_tmp
 from pdebm.monitor import MonitorResult
 from pdebm.resume import purge_metrics
 
@@ -34,7 +35,10 @@ class RunLog:
         # the checkpoint (purge_step), metrics.jsonl its rows from that step on.
         self.writer = SummaryWriter(log_dir=str(out), purge_step=start_step or None)
         self.metrics_path = out / "metrics.jsonl"
-        purge_metrics(self.metrics_path, start_step)
+        damage = purge_metrics(self.metrics_path, start_step)
+        if damage:  # the CLI printed it before the run started; the run's own record keeps it
+            logging.getLogger("pdebm.train").info("warning: %s", damage)
+        remove_stale_tmp(out)  # an interrupted atomic write's leftovers
         self._hparams_start()
         self.fig_dir = out / "figures"
 

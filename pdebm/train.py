@@ -15,12 +15,12 @@ import hydra
 from omegaconf import DictConfig
 
 from pdebm.build import Run, build, choice, run_dir, state_dict
-from pdebm.checkpoint import Checkpoints
+from pdebm.checkpoint import Checkpoints, write_error
 from pdebm.config import CONFIG_DIR
 from pdebm.diverge import Watchdog
-from pdebm.errors import ConfigError, TrainingDiverged
+from pdebm.errors import ConfigError, TrainingDiverged, WriteFailed
 from pdebm.progress import Progress
-from pdebm.resume import continue_command
+from pdebm.resume import auto, continue_command, done_command
 from pdebm.runlog import RunLog
 from pdebm.step import DivergenceWatch, train_step
 from pdebm.stop import STOP, StopRequest, signal_name
@@ -41,7 +41,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     during a step ends the run at the next step boundary with a checkpoint; one during the final
     evaluation lets the run complete. Either way the process then exits with 128 + signal."""
     with STOP.deferred() as stop:
-        final = _train(cfg, stop)
+        finished = auto(cfg, run_dir(cfg))  # resume=auto: a finished job is kept as it is
+        if finished is not None:
+            logger.info("already finished in %s (resume=auto): nothing to do", run_dir(cfg))
+            return finished
+        try:
+            final = _train(cfg, stop)
+        except OSError as e:  # every file is written atomically: what is on disk is whole
+            out = run_dir(cfg)
+            message = write_error(e, Checkpoints(out / "checkpoints"), continue_command(out))
+            logger.info(message)
+            raise WriteFailed(message) from None
         if stop.signal is not None:
             stop.exit(f"pdebm: {signal_name(stop.signal)} arrived as the run finished; the run is "
                       f"complete in {run_dir(cfg)}")
@@ -53,7 +63,11 @@ def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
     run = build(cfg)
     out = run_dir(cfg)
     log = RunLog(out, cfg, start_step=run.step)
-    ckpts = Checkpoints(out / "checkpoints")
+    ckpts = Checkpoints(out / "checkpoints", start_step=run.step)
+    source = getattr(run.dataset, "source", None)
+    if source is not None:  # which data directory was read (console and train.log)
+        logger.info("data read from %s", source)
+        print(f"pdebm: data read from {source}", file=sys.stderr, flush=True)
     watch = Watchdog(cfg.divergence.energy_factor, cfg.divergence.nll_margin)
     nonfinite = DivergenceWatch()  # non-finite losses, kept on the device until a transfer
     out_step = None
@@ -127,7 +141,7 @@ def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
     final = {**final, "sampler_grad_evals": float(run.sampler.grad_evals),
              "wall_clock_s": run.wall_clock}
     log.finish(final)
-    logger.info("done in %s: %s", out, summary(final, every=True))
+    logger.info("done in %s: %s (next: %s)", out, summary(final, every=True), done_command(cfg, out))
     return final
 
 
@@ -147,10 +161,11 @@ def hydra_main(cfg: DictConfig) -> None:
     """Hydra entry point of ``pdebm train``; a ConfigError becomes one line on stderr."""
     try:
         final = train(cfg)
-    except (ConfigError, TrainingDiverged) as e:
+    except (ConfigError, TrainingDiverged, WriteFailed) as e:
         print(f"pdebm: error: {e}", file=sys.stderr)
         raise SystemExit(2 if isinstance(e, ConfigError) else 1) from None
-    print(f"pdebm: done in {run_dir(cfg)}: {summary(final)}", flush=True)
+    print(f"pdebm: done in {run_dir(cfg)}: {summary(final)} (next: "
+          f"{done_command(cfg, run_dir(cfg))})", flush=True)
     STOP.wait_at("teardown")
 
 

@@ -14,6 +14,7 @@ directory name and progress bar say ``1000``); a non-integral value (``batch_siz
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 from typing import Any, Iterable
 
@@ -78,6 +79,7 @@ def number(key: str, value: Any, low: float | None = None, strict: bool = True,
         return
     check(_is_number(value),
           f"{key} must be a number{' or null' if nullable else ''}, got {_show(value)}")
+    check(math.isfinite(value), f"{key} must be a finite number, got {value}")
     if low is not None:
         ok = value > low if strict else value >= low
         check(ok, f"{key} must be {'>' if strict else '>='} {low:g}, got {value}")

@@ -45,11 +45,12 @@ def _build(make_cfg, *overrides):
 
 
 @pytest.mark.parametrize("name", GROUPS["dataset"])
-def test_dataset_options_instantiate(make_cfg, name, tmp_path):
+def test_dataset_options_instantiate(make_cfg, name, tmp_path, monkeypatch):
     extra = ["energy=conv"] if name in IMAGE_DATASETS else []
     if name == "fashion_mnist" and FASHION_SYSTEM_DIR.is_dir():
-        # root holds nothing, so the files come from the system directory
-        run = _build(make_cfg, f"dataset={name}", *extra, f"dataset.root={tmp_path / 'none'}",
+        # the default root holds nothing, so the files come from the system directory
+        monkeypatch.setenv("PDEBM_DATA", str(tmp_path / "none"))
+        run = _build(make_cfg, f"dataset={name}", *extra,
                      "dataset.n_train=256", "dataset.n_test=64", "dataset.n_stats=256")
         assert run.dataset.train_batch(8).shape[1:] == (1, 28, 28)
         return

@@ -134,16 +134,18 @@ def test_zca_model_space_initial_model_is_the_full_gaussian():
 
 def test_fashion_missing_directory_names_the_package(tmp_path, monkeypatch):
     monkeypatch.setattr(FashionMNIST, "SYSTEM_DIRS", (str(tmp_path / "system"),))
+    monkeypatch.setenv("PDEBM_DATA", str(tmp_path / "nowhere"))  # the default root, then the system's
     with pytest.raises(ConfigError) as err:
-        FashionMNIST(root=tmp_path / "nowhere")
+        FashionMNIST()
     msg = str(err.value)
     assert "\n" not in msg and "apt-get install dataset-fashion-mnist" in msg
     assert str(tmp_path / "system") in msg
 
 
 @needs_fashion
-def test_fashion_mnist_trains_from_the_system_directory(tmp_path):
-    cfg = compose_config(["experiment=fashion_quick", "dataset.root=" + str(tmp_path / "none"),
+def test_fashion_mnist_trains_from_the_system_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("PDEBM_DATA", str(tmp_path / "none"))  # the default root holds nothing
+    cfg = compose_config(["experiment=fashion_quick",
                           "steps=2", "batch_size=16", "dataset.n_train=64", "dataset.n_test=32",
                           "dataset.n_stats=64", "eval_every=1", "ckpt_every=0", "progress=false",
                           "num_threads=1", "eval.mmd_points=16", "sampler.n_steps=1",

@@ -253,7 +253,8 @@ class MNIST(ImageDataset):
     as ``.gz`` when missing.
 
     Args:
-        root: the data directory (``None``: ``$PDEBM_DATA/<default_subdir>``, else ``data/…``).
+        root: the data directory, used as given (``None``: ``$PDEBM_DATA/<default_subdir>``,
+            else ``data/…``, then the :attr:`SYSTEM_DIRS`).
         download: fetch missing files from :attr:`MIRRORS` (needs network access).
         Other arguments: see :class:`ImageDataset`.
     """
@@ -278,19 +279,28 @@ class MNIST(ImageDataset):
                  logit_lambda: float = 0.05, n_train: int | None = None,
                  n_test: int | None = None, n_stats: int | None = None,
                  zca_shrinkage: float = 1e-4) -> None:
-        if root is None:
-            root = Path(os.environ.get("PDEBM_DATA", "data")) / self.default_subdir
-        self.root = Path(root).expanduser().absolute()
+        self.root, self.explicit_root = self.data_root(root)
         if download:
             self.download()
-        train = self._load(self._find("train"))
-        test = self._load(self._find("test"))
+        train_file, test_file = self._find("train"), self._find("test")
+        self.source = train_file.parent  # the directory read (the trainer says which)
+        train, test = self._load(train_file), self._load(test_file)
         check(train.shape[1:] == test.shape[1:],
               f"dataset.root={self.root}: training images are {train.shape[1:]}, "
               f"test images {test.shape[1:]}")
         super().__init__(train, test, levels=256, seed=seed, dequantize=dequantize,
                          transform=transform, logit_lambda=logit_lambda, n_train=n_train,
                          n_test=n_test, n_stats=n_stats, zca_shrinkage=zca_shrinkage)
+
+    @classmethod
+    def data_root(cls, root: str | os.PathLike | None) -> tuple[Path, bool]:
+        """The data directory and whether the user named it: ``root`` as given (no fallback:
+        a missing one is an error), else ``$PDEBM_DATA/<subdir>`` or ``data/<subdir>``, after
+        which the :attr:`SYSTEM_DIRS` are searched."""
+        if root is None or str(root).strip() == "":
+            return Path(os.environ.get("PDEBM_DATA", "data")).expanduser().absolute() / \
+                cls.default_subdir, False
+        return Path(root).expanduser().absolute(), True
 
     def _dirs(self) -> list[Path]:
         return [self.root, self.root / "raw", self.root / self.torchvision_name / "raw"]
@@ -300,8 +310,9 @@ class MNIST(ImageDataset):
 
         ``root`` (and its ``raw`` layouts) first; the :attr:`SYSTEM_DIRS` only when ``root``
         holds neither split, so the two splits never come from different places."""
+        system = () if self.explicit_root else self.SYSTEM_DIRS  # a named root: no fallback
         return find_idx(self.root, self._dirs(), self.FILES[split], self.title,
-                        list(self.FILES.values()), self.SYSTEM_DIRS, self.SYSTEM_HINT)
+                        list(self.FILES.values()), system, self.SYSTEM_HINT)
 
     def _load(self, path: Path) -> np.ndarray:
         images = read_idx(path)
