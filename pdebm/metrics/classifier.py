@@ -12,7 +12,8 @@ global generators are left untouched), so two machines with the same library ver
 
 The classifier sees pixel-space images ``u ∈ [0, 1]`` of shape ``(N, C, H, W)`` (what
 ``dataset.to_images`` returns), trained on freshly dequantised training images each epoch.
-Its features are the ``n_features`` ReLU activations before the last linear layer.
+Its features are the ``n_features`` ReLU activations before the last linear layer, scaled by
+one number so that their root-mean-square over the training images is 1.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pdebm.io import atomic_write
 
 logger = logging.getLogger("pdebm.classifier")
 
-VERSION = 1
+VERSION = 2
 """Bump when the architecture or the training loop changes: old cache entries are then ignored."""
 CACHE_ENV = "PDEBM_CACHE"
 """Environment variable naming the cache directory (default ``~/.cache/pdebm``)."""
@@ -68,12 +69,19 @@ class Classifier(nn.Module):
             nn.Linear(8 * width, n_features), nn.ReLU())
         self.head = nn.Linear(n_features, n_classes)
         self.num_features = n_features  # read by torchmetrics (no dummy forward pass)
+        # 1 / RMS of the features over the training images, set after training: features of
+        # unit scale keep FID in readable units and KID's cubic kernel near its usual range
+        self.register_buffer("feature_scale", torch.ones(()))
 
-    def features(self, u: Tensor) -> Tensor:
+    def _body(self, u: Tensor) -> Tensor:
         return self.body((u.float() - 0.5) / 0.5)
 
+    def features(self, u: Tensor) -> Tensor:
+        """The FID/KID features of pixel-space images: penultimate ReLU activations, scaled."""
+        return self._body(u) * self.feature_scale
+
     def forward(self, u: Tensor) -> Tensor:
-        return self.head(self.features(u))
+        return self.head(self._body(u))
 
 
 @dataclass
@@ -142,7 +150,12 @@ def train_classifier(train: np.ndarray, labels: np.ndarray, levels: int,
             opt.step()
             sched.step()
             step += 1
-    return freeze(net)
+    net = freeze(net)
+    with torch.no_grad():
+        u = dequantise(train[: min(len(train), 4096)], levels, rng)
+        rms = torch.cat([net._body(c) for c in u.split(1024)]).pow(2).mean().sqrt()
+        net.feature_scale.fill_(1.0 / float(rms.clamp_min(1e-12)))
+    return net
 
 
 def freeze(net: Classifier) -> Classifier:
