@@ -15,6 +15,8 @@ numbers computed with the same number of samples, next to the reference rows of
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -58,9 +60,11 @@ class ImageScore:
         self.n_reference = len(reference)
         self.fid = FrechetInceptionDistance(feature=self.features, reset_real_features=False,
                                             normalize=True)
-        self.kid = KernelInceptionDistance(feature=self.features, reset_real_features=False,
-                                           normalize=True, subsets=kid_subsets,
-                                           subset_size=min(kid_subset_size, len(reference)))
+        with warnings.catch_warnings():  # "will save all extracted features": 64 floats each here
+            warnings.simplefilter("ignore", UserWarning)
+            self.kid = KernelInceptionDistance(
+                feature=self.features, reset_real_features=False, normalize=True,
+                subsets=kid_subsets, subset_size=min(kid_subset_size, len(reference)))
         for chunk in reference.cpu().split(2048):
             self.fid.update(chunk, real=True)
             self.kid.update(chunk, real=True)
