@@ -5,6 +5,7 @@
     pdebm train --cfg job           print the composed config
     pdebm train --help              config groups and their options
     pdebm eval  run=<dir> [...]     AIS log-likelihood of a finished run (images)
+    pdebm sample run=<dir> [...]    long-run chains of a trained image model
 
 Before Hydra starts, :func:`preflight` composes the config of every job (the full cartesian
 product of a sweep) and checks it (:mod:`pdebm.validate`, and the sampler and schedule
@@ -32,6 +33,7 @@ USAGE = """usage: pdebm <command> [hydra overrides]
 commands:
   train   train an energy-based model (pdebm train --help lists config groups and options)
   eval    evaluate a finished run: AIS log-likelihood and long-run samples (images)
+  sample  long Langevin chains from a trained image model: grids, samples, diagnostics
 
 examples:
   pdebm train sampler=particle dataset=8gaussians
@@ -39,7 +41,8 @@ examples:
   tensorboard --logdir outputs
 """
 
-COMMANDS = {"train": ("pdebm.train", "train"), "eval": ("pdebm.eval", "eval")}
+COMMANDS = {"train": ("pdebm.train", "train"), "eval": ("pdebm.eval", "eval"),
+            "sample": ("pdebm.sample", "sample")}
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 

@@ -77,7 +77,7 @@ def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
 
     def record_eval(x_neg, log_w) -> None:  # the monitor sees the step's own negatives
         scalars = log.monitor(run, run.monitor(run.energy, x_neg, log_w, run.step,
-                                               run.sampler.weighted))
+                                               run.sampler.weighted, sampler=run.sampler))
         logger.info("step %d: %s", run.step, summary(scalars, every=True))
         bar.evaluated(run.step, scalars)
         watch.after_eval(run.step, scalars)
@@ -130,7 +130,8 @@ def _train(cfg: DictConfig, stop: StopRequest) -> dict[str, float]:
                 "budget reached" if over_budget(run) else f"steps={cfg.steps} reached")
     stop.wait_at("final")
     x_neg, log_w = run.sampler.negatives(run.energy)
-    final = log.monitor(run, run.monitor(run.energy, x_neg, log_w, run.step, run.sampler.weighted))
+    final = log.monitor(run, run.monitor(run.energy, x_neg, log_w, run.step, run.sampler.weighted,
+                                         sampler=run.sampler))
     bar.evaluated(run.step, final)
     bar.close()
     watch.after_eval(run.step, final)

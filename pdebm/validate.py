@@ -22,7 +22,8 @@ from pdebm.errors import ConfigError, check
 
 # Keys that count things: integers only (an integral float is coerced by coerce_integers).
 INTEGER_KEYS = ("seed", "num_threads", "steps", "batch_size", "log_every", "eval_every",
-                "ckpt_every", "eval.resolution", "eval.lag_bins", "eval.mmd_points", "eval.n_plot")
+                "ckpt_every", "eval.resolution", "eval.lag_bins", "eval.mmd_points", "eval.n_plot",
+                "eval.fid_reference", "eval.kid_subsets", "eval.kid_subset_size")
 # The 2D quadrature grid: fewer cells per side than this and log Z by quadrature misses the toy
 # densities' modes (eval.resolution=1 reported a test NLL below the data entropy).
 MIN_RESOLUTION = 32
@@ -132,6 +133,11 @@ def validate_eval(ev: Any) -> None:
           and all(_is_number(b) and b > 0 for b in bws),
           f"eval.mmd_bandwidths must be a list of numbers > 0, got {_show(_plain(bws))}")
     integer("eval.n_plot", ev.n_plot, minimum=1)
+    fid = ev.get("fid", True)
+    check(isinstance(fid, bool), f"eval.fid must be true or false, got {_show(fid)}")
+    for key in ("fid_reference", "kid_subsets", "kid_subset_size"):  # FID/KID (images)
+        if key in ev:
+            integer(f"eval.{key}", ev[key], minimum=1)
 
 
 def as_integer(key: str, value: Any) -> Any:

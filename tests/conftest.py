@@ -58,3 +58,10 @@ def finite_difference_logdet(transport, x, h: float = 1e-5):
     jac = torch.stack([(transport(x + h * eye[j]) - transport(x - h * eye[j])) / (2 * h)
                        for j in range(x.shape[1])], 2)
     return torch.linalg.slogdet(jac)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _classifier_cache(tmp_path_factory):
+    """FID classifiers are cached in a per-session directory, never in the user's cache."""
+    os.environ["PDEBM_CACHE"] = str(tmp_path_factory.mktemp("pdebm_cache"))
+    yield

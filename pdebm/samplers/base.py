@@ -61,6 +61,20 @@ class Sampler(abc.ABC):
         (left on the device; the trainer fetches them in one transfer) or floats."""
         return {}
 
+    def log_mean_weight(self) -> Tensor | None:
+        """``log mean w`` of the population ``negatives`` hands out, for samplers whose weights
+        keep their absolute scale ``w = exp(−E)/q`` (docs/method.md, "Weights"): an estimate of
+        the current model's ``log Z``. ``None`` (the default) for every other sampler. Read by
+        the monitor at evaluations only (a 0-d device tensor; reading it may sync)."""
+        return None
+
+    def weight_history(self) -> dict[str, Tensor | float] | None:
+        """The history of the population behind :meth:`log_mean_weight`: ``resamplings`` (how
+        many times it was resampled) and ``log_z_var`` (the variance of ``log mean w`` frozen in
+        at those resamplings, each ``1/ESS − 1/N`` just before it); ``None`` without such a
+        population."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly (particles, weights, buffers, counters)."""
         return {"grad_evals": self.grad_evals}

@@ -201,6 +201,8 @@ class ParticleSampler(Sampler):
         self._leaf: Tensor | None = None  # the tensor negatives() handed out since the last update
         self._stats: dict[str, Tensor] = {}
         self._eig: tuple[Tensor, Tensor] | None = None
+        self._resamplings: Tensor | int = 0    # resampling events so far (weight_history)
+        self._log_z_var: Tensor | float = 0.0  # variance of log mean w they froze in
 
     # ----------------------------------------------------------------------------- interface
     def negatives(self, energy: EnergyModel) -> tuple[Tensor, Tensor]:
@@ -237,6 +239,11 @@ class ParticleSampler(Sampler):
             x = x[idx]
             log_w = torch.where(resample, logmeanexp(log_w).expand(n), log_w)
             stats["resampled"] = resample.double()
+            # the history behind log_mean_weight (device tensors, no sync): resampling events,
+            # and the delta-method variance 1/ESS − 1/N of log mean w each one froze in
+            self._resamplings = self._resamplings + resample.long()
+            self._log_z_var = self._log_z_var + torch.where(
+                resample, (1.0 / stats["ess"] - 1.0) / n, torch.zeros_like(stats["ess"]))
         out = langevin(energy_after, x, self.kernel,
                        log_weights=log_w if self.weighted else None)
         self.grad_evals += out.grad_evals
@@ -277,7 +284,8 @@ class ParticleSampler(Sampler):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "x": self.x, "log_w": self.log_w,
                 "updates": self._updates, "shortcut_off": self._shortcut_off,
-                "untransported": self._untransported}
+                "untransported": self._untransported, "resamplings": self._resamplings,
+                "log_z_var": self._log_z_var}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -286,6 +294,20 @@ class ParticleSampler(Sampler):
         self._updates = int(state.get("updates", 0))
         self._shortcut_off = bool(state.get("shortcut_off", False))
         self._untransported = state.get("untransported", 0)
+        self._resamplings = state.get("resamplings", 0)
+        self._log_z_var = state.get("log_z_var", 0.0)
+
+    def log_mean_weight(self) -> Tensor | None:
+        """``log mean w`` of the weighted population: ``log Ẑ`` of the current model (the
+        weights keep their absolute scale, module docstring); ``None`` when unweighted."""
+        if not self.weighted or self.log_w is None:
+            return None
+        return logmeanexp(self.log_w.detach())
+
+    def weight_history(self) -> dict[str, Tensor | float] | None:
+        if not self.weighted:
+            return None
+        return {"resamplings": self._resamplings, "log_z_var": self._log_z_var}
 
     # ------------------------------------------------------------------------------- pieces
     def _initialise(self, energy: EnergyModel) -> None:
