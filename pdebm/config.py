@@ -60,7 +60,9 @@ register_resolvers()
 
 
 def instantiate(node, **kwargs):
-    """``hydra.utils.instantiate`` that lets a :class:`~pdebm.errors.ConfigError` raised by a
+    """``hydra.utils.instantiate`` after checking every key of ``node`` against the annotations
+    of the constructor it names (:func:`pdebm.schema.check_node`: types, choices, declared
+    ranges; an integral float for an ``int`` is passed as an int), that lets a :class:`~pdebm.errors.ConfigError` raised by a
     constructor through unchanged (Hydra wraps it in a multi-line InstantiationException), and
     reports any other failure as one line that names the innermost cause (a wrong argument name:
     ``TypeError: ... got an unexpected keyword argument 'x'``)."""
@@ -68,9 +70,11 @@ def instantiate(node, **kwargs):
     from hydra.utils import instantiate as hydra_instantiate
 
     from pdebm.errors import ConfigError
+    from pdebm.schema import check_node
 
+    checked = check_node(node, skip=kwargs) if hasattr(node, "keys") and "_target_" in node else {}
     try:
-        return hydra_instantiate(node, **kwargs)
+        return hydra_instantiate(node, **{**checked, **kwargs})
     except InstantiationException as e:
         cause = e.__cause__
         while cause is not None and not isinstance(cause, ConfigError) and cause.__cause__ is not None:

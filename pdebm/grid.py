@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pdebm.energy.base import Energy
+from pdebm.energy.base import Energy, energy_in_chunks
 from pdebm.errors import check, positive
 
 
@@ -127,7 +127,7 @@ class Grid2D:
     def normalise(self, energy: Energy, device: torch.device | str = "cpu") -> GriddedModel:
         """Evaluate and normalise ``energy`` on the grid."""
         pts = self.centres().reshape(-1, 2).to(device)
-        e = torch.cat([energy(pts[i:i + self.chunk]) for i in range(0, len(pts), self.chunk)])
+        e = energy_in_chunks(energy, pts, self.chunk)
         neg = (-e).double().cpu()
         log_z_cells = torch.logsumexp(neg, 0)
         log_prob = (neg - log_z_cells).float().reshape(self.resolution, self.resolution)
@@ -166,7 +166,7 @@ class Grid2D:
         sync (cells by ``softmax(−E)``, then uniform in the cell; no ``log Z`` needed). The
         same model as :meth:`GriddedModel.sample`, with the draws from ``device``'s stream."""
         pts = self.centres().reshape(-1, 2).to(device)
-        e = torch.cat([energy(pts[i:i + self.chunk]) for i in range(0, len(pts), self.chunk)])
+        e = energy_in_chunks(energy, pts, self.chunk)
         idx = torch.multinomial(torch.softmax(-e.double(), 0), n, replacement=True)
         r = self.resolution
         ij = torch.stack([idx // r, idx % r], dim=1).to(torch.float32)  # (row=x index, col=y)

@@ -16,12 +16,14 @@ import torch
 from torch import Tensor
 
 from pdebm.data.base import Dataset
-from pdebm.energy.base import EnergyModel
+from pdebm.energy.base import EnergyModel, energy_in_chunks
 from pdebm.errors import positive
 from pdebm.figures import Figure, density_figure, image_grid
 from pdebm.grid import Grid2D, GriddedModel
 from pdebm.metrics.mmd import median_distance, mmd2
 from pdebm.samplers.weights import effective_sample_size
+
+TEST_CHUNK = 4096  # test points per energy evaluation
 
 
 @dataclass
@@ -83,7 +85,7 @@ class Monitor:
         dev = energy.device
         w = torch.softmax(log_w.detach(), 0) if weighted else None
         test = self.dataset.test.to(dev)
-        e_test = _batched(energy, test)
+        e_test = energy_in_chunks(energy, test, TEST_CHUNK)
         e_neg = energy(x.detach())
         e_neg_mean = float(e_neg.mean()) if w is None else float((w * e_neg).sum())
         s: dict[str, Any] = {
@@ -158,6 +160,3 @@ class Monitor:
         s["log_z_particles_se"] = math.sqrt(var)
         return float(log_z)
 
-
-def _batched(energy: EnergyModel, x: Tensor, chunk: int = 4096) -> Tensor:
-    return torch.cat([energy(x[i:i + chunk]) for i in range(0, len(x), chunk)])

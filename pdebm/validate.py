@@ -1,10 +1,12 @@
 """Pure checks of the trainer's own settings (the top-level keys of ``conf/train.yaml`` and its
 ``eval:`` node): types and ranges, before any object is built or any directory is made.
 
-The config groups (dataset, energy, sampler, schedule) check their own values in their
-constructors. Everything here raises :class:`~pdebm.errors.ConfigError` with one line that names
-the key, the value and what is allowed. Used by the CLI for every job of a sweep before any job
-starts, and by the trainer's build.
+The config groups (dataset, energy, sampler, schedule) and the ``langevin:`` node are checked
+against their constructors' annotations (:func:`validate_groups`, :mod:`pdebm.schema`); their
+constructors check what annotations cannot say. Everything here raises
+:class:`~pdebm.errors.ConfigError` with one line that names the key, the value and what is
+allowed. Used by the CLI for every job of a sweep before any job starts, and by the trainer's
+build.
 
 Integer keys given as an integral float (``steps=1e3``) are turned into integers by
 :func:`coerce_integers` (the CLI does it on the override itself, so the run's saved config,
@@ -14,16 +16,14 @@ directory name and progress bar say ``1000``); a non-integral value (``batch_siz
 from __future__ import annotations
 
 import difflib
-import math
-import numbers
 from typing import Any, Iterable
 
-from pdebm.errors import ConfigError, check
+from pdebm.errors import check
+from pdebm.schema import check_node, integer, is_number, number, show
 
 # Keys that count things: integers only (an integral float is coerced by coerce_integers).
 INTEGER_KEYS = ("seed", "num_threads", "steps", "batch_size", "log_every", "eval_every",
-                "ckpt_every", "eval.resolution", "eval.lag_bins", "eval.mmd_points", "eval.n_plot",
-                "eval.fid_reference", "eval.kid_subsets", "eval.kid_subset_size")
+                "ckpt_every", "eval.resolution", "eval.lag_bins", "eval.mmd_points", "eval.n_plot")
 # The 2D quadrature grid: fewer cells per side than this and log Z by quadrature misses the toy
 # densities' modes (eval.resolution=1 reported a test NLL below the data entropy).
 MIN_RESOLUTION = 32
@@ -41,56 +41,11 @@ def _get(cfg: Any, key: str) -> Any:
     return node
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _plain(v: Any) -> Any:
-    """A ListConfig as a plain list, for messages."""
-    return list(v) if hasattr(v, "__iter__") and not isinstance(v, (str, bytes, dict)) else v
-
-
-def _show(v: Any) -> str:
-    return repr(v) if isinstance(v, str) else str(v)
-
-
-def integer(key: str, value: Any, minimum: int | None = None, nullable: bool = False) -> None:
-    """``value`` is an integer (not a bool, not a float), at least ``minimum``."""
-    if value is None and nullable:
-        return
-    if not _is_int(value):
-        hint = (f" (write {key}={int(value)})" if _is_number(value) and float(value).is_integer()
-                else "")
-        raise ConfigError(f"{key} must be an integer{' or null' if nullable else ''}, "
-                          f"got {_show(value)}{hint}")
-    if minimum is not None:
-        bound = "> 0" if minimum == 1 else f">= {minimum}"
-        check(value >= minimum, f"{key} must be {bound}, got {value}")
-
-
-def number(key: str, value: Any, low: float | None = None, strict: bool = True,
-           nullable: bool = False) -> None:
-    """``value`` is a real number (not a bool, not a string) above ``low`` (or at least ``low``
-    when not ``strict``)."""
-    if value is None and nullable:
-        return
-    check(_is_number(value),
-          f"{key} must be a number{' or null' if nullable else ''}, got {_show(value)}")
-    check(math.isfinite(value), f"{key} must be a finite number, got {value}")
-    if low is not None:
-        ok = value > low if strict else value >= low
-        check(ok, f"{key} must be {'>' if strict else '>='} {low:g}, got {value}")
-
-
 def validate(cfg: Any) -> None:
     """Check the trainer's settings of a composed ``train`` config; raise one ConfigError line."""
     integer("seed", cfg.seed, minimum=0)
     check(isinstance(cfg.device, str) and cfg.device != "",
-          f"device must be a name such as auto, cpu or cuda:0, got {_show(cfg.device)}")
+          f"device must be a name such as auto, cpu or cuda:0, got {show(cfg.device)}")
     integer("num_threads", cfg.num_threads, minimum=1, nullable=True)
     integer("steps", cfg.steps, minimum=1)
     number("budget", cfg.budget, low=0, nullable=True)
@@ -98,8 +53,8 @@ def validate(cfg: Any) -> None:
     number("lr", cfg.lr, low=0)
     betas = cfg.betas
     check(not isinstance(betas, (str, bytes)) and hasattr(betas, "__len__") and len(betas) == 2
-          and all(_is_number(b) and 0 <= b < 1 for b in betas),
-          f"betas must be two numbers in [0, 1), got {_show(_plain(betas))}")
+          and all(is_number(b) and 0 <= b < 1 for b in betas),
+          f"betas must be two numbers in [0, 1), got {show(betas)}")
     number("weight_decay", cfg.weight_decay, low=0, strict=False)
     number("energy_reg", cfg.energy_reg, low=0, strict=False)
     number("grad_clip", cfg.grad_clip, low=0, nullable=True)
@@ -107,11 +62,28 @@ def validate(cfg: Any) -> None:
     integer("eval_every", cfg.eval_every, minimum=1)
     integer("ckpt_every", cfg.ckpt_every, minimum=0)
     check(cfg.resume is None or (isinstance(cfg.resume, str) and cfg.resume != ""),
-          f"resume must be a checkpoint file or run directory, got {_show(cfg.resume)}")
-    check(isinstance(cfg.progress, bool), f"progress must be true or false, got {_show(cfg.progress)}")
+          f"resume must be a checkpoint file or run directory, got {show(cfg.resume)}")
+    check(isinstance(cfg.progress, bool), f"progress must be true or false, got {show(cfg.progress)}")
     number("divergence.energy_factor", cfg.divergence.energy_factor, low=1, nullable=True)
     number("divergence.nll_margin", cfg.divergence.nll_margin, low=0, nullable=True)
     validate_eval(cfg.eval)
+    validate_groups(cfg)
+
+
+def validate_groups(cfg: Any) -> None:
+    """Every key of every group against its constructor's annotations (:mod:`pdebm.schema`):
+    types, choices and declared ranges, before anything is built. The ``langevin:`` node, and a
+    sampler's own ``kernel:`` node, against :class:`~pdebm.samplers.langevin.LangevinConfig`
+    (``n_steps`` is the sampler's key)."""
+    from pdebm.samplers.langevin import LangevinConfig
+
+    for group in (*GROUPS, "eval"):
+        node = cfg.get(group)
+        if hasattr(node, "keys") and "_target_" in node:
+            check_node(node)
+    for node in (cfg.get("langevin"), cfg.sampler.get("kernel") if "sampler" in cfg else None):
+        if hasattr(node, "keys"):
+            check_node(node, LangevinConfig, skip=("n_steps",))
 
 
 def validate_eval(ev: Any) -> None:
@@ -130,14 +102,9 @@ def validate_eval(ev: Any) -> None:
     integer("eval.mmd_points", ev.mmd_points, minimum=1)
     bws = ev.mmd_bandwidths
     check(not isinstance(bws, (str, bytes)) and hasattr(bws, "__len__") and len(bws) > 0
-          and all(_is_number(b) and b > 0 for b in bws),
-          f"eval.mmd_bandwidths must be a list of numbers > 0, got {_show(_plain(bws))}")
+          and all(is_number(b) and b > 0 for b in bws),
+          f"eval.mmd_bandwidths must be a list of numbers > 0, got {show(bws)}")
     integer("eval.n_plot", ev.n_plot, minimum=1)
-    fid = ev.get("fid", True)
-    check(isinstance(fid, bool), f"eval.fid must be true or false, got {_show(fid)}")
-    for key in ("fid_reference", "kid_subsets", "kid_subset_size"):  # FID/KID (images)
-        if key in ev:
-            integer(f"eval.{key}", ev[key], minimum=1)
 
 
 def as_integer(key: str, value: Any) -> Any:

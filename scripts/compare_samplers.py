@@ -10,8 +10,11 @@ if its ``overrides.json`` equals this job's overrides, otherwise it is retrained
 Two modes:
   steps   every sampler trains for the same number of optimizer steps;
   budget  every gradient-based sampler stops after the same number of per-particle energy-gradient
-          evaluations (``budget=``; default: what PCD spends in ``--steps`` steps). The exact
-          oracle has no gradient cost and runs ``--steps``.
+          evaluations (``budget=``; default: what PCD spends in ``--steps`` steps). A sampler
+          that spends no gradients (``Sampler.gradient_free``: the exact oracle) runs ``--steps``.
+
+Rows are told apart by what their sampler classes declare, never by name: the "gap to exact"
+column is measured against the rows whose sampler is an ``oracle`` (exact samples of the model).
 
 Examples:
   python scripts/compare_samplers.py --preset fast_2d --datasets 8gaussians --seeds 0 1 2
@@ -107,9 +110,14 @@ def evals_to_reach(history: list[dict], target: float) -> float | None:
     return None
 
 
-def costless(result: dict) -> bool:
-    """A sampler that spends no gradient evaluations (the exact oracle): judged by its count."""
-    return result["final"]["sampler_grad_evals"] == 0
+def sampler_kind(cfg) -> dict:
+    """What a row's sampler class declares (:class:`pdebm.samplers.base.Sampler`): whether it
+    is an oracle (exact samples: the reference of the gap column) and whether it spends no
+    gradients (it runs ``--steps`` in budget mode and is drawn as a line)."""
+    from hydra.utils import get_class
+
+    cls = get_class(cfg.sampler._target_)
+    return {"oracle": bool(cls.oracle), "gradient_free": bool(cls.gradient_free)}
 
 
 def table(dataset: str, results: list[dict], samplers: list[str]) -> str:
@@ -117,7 +125,7 @@ def table(dataset: str, results: list[dict], samplers: list[str]) -> str:
             "| sampler | test NLL (nats) | gap to exact | lag KL | lag floor | lag floor (ESS) | MMD² | sampler ∇E evals | wall-clock (s) | steps |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     by = {s: [r for r in results if r["dataset"] == dataset and r["sampler"] == s] for s in samplers}
-    oracle = [r for rs in by.values() for r in rs if costless(r)]
+    oracle = [r for rs in by.values() for r in rs if r.get("oracle")]
     exact_nll = [r["final"]["test_nll"] for r in oracle]
     for s in samplers:
         rs = by[s]
@@ -126,7 +134,7 @@ def table(dataset: str, results: list[dict], samplers: list[str]) -> str:
         f = [r["final"] for r in rs]
         nll = [x["test_nll"] for x in f]
         gap = (fmt([a - statistics.mean(exact_nll) for a in nll])
-               if exact_nll and not all(costless(r) for r in rs) else "–")
+               if exact_nll and not all(r.get("oracle") for r in rs) else "–")
         steps = sorted({r["history"][-1]["step"] for r in rs})
         n_div = sum("diverged" in x for x in f)
         s_name = s if not n_div else f"{s} (**diverged**: {n_div}/{len(f)} stopped by the watchdog)"
@@ -142,8 +150,8 @@ def table(dataset: str, results: list[dict], samplers: list[str]) -> str:
             if "diverged" in r["final"]:
                 rows.append(f"\n{s} seed={r['seed']}: {r['final']['diverged']} (its row shows that "
                             "evaluation; the run did not go on)")
-    # cost for each particle variant to reach PCD's NLL: its final one (against PCD's whole cost) and
-    # its best one over the run (mean of each seed's minimum, against what PCD spent to get there)
+    # cost for each other gradient-spending row to reach PCD's NLL: its final one (against PCD's
+    # whole cost) and its best one over the run (mean of each seed's minimum, against what PCD spent to get there)
     pcd = by.get("pcd") or []
     pcd_hist = [h for h in map(nll_history, pcd) if h]
     first = [h[0]["test_nll"] for h in pcd_hist if h[0]["step"] == 0]
@@ -156,7 +164,8 @@ def table(dataset: str, results: list[dict], samplers: list[str]) -> str:
         best = [min(h, key=lambda row: row["test_nll"]) for h in pcd_hist]
         targets.append(("best", statistics.mean(b["test_nll"] for b in best),
                         statistics.median(b["sampler_grad_evals"] for b in best), "to reach it"))
-    for s in [s for s in samplers if s.startswith("particle") and by.get(s)]:
+    for s in [s for s in samplers if s != "pcd" and by.get(s)
+              and not any(r.get("gradient_free") for r in by[s])]:
         for which, target, pcd_cost, spent in targets:
             if target >= start:  # PCD never beat the initial model: reaching it costs nothing
                 rows.append(f"\n{s}: no cost comparison with PCD's {which} NLL ({target:.3f}), no better "
@@ -188,9 +197,9 @@ def plot(results: list[dict], datasets: list[str], samplers: list[str], path: Pa
         for s in samplers:
             for i, r in enumerate(r for r in results if r["dataset"] == d and r["sampler"] == s):
                 h = nll_history(r)
-                if costless(r):  # an oracle has no gradient cost: draw its final NLL as a line
-                    ax.axhline(h[-1]["test_nll"], color="k", ls="--", lw=1,
-                               label=f"{s} (final)" if i == 0 else None)
+                if r.get("gradient_free"):  # no gradient cost (x = 0): its final NLL as a line
+                    ax.axhline(h[-1]["test_nll"], color="k" if r.get("oracle") else f"C{samplers.index(s)}",
+                               ls="--", lw=1, label=f"{s} (final)" if i == 0 else None)
                     continue
                 x = [row["sampler_grad_evals"] for row in h]
                 ax.plot(x, [row["test_nll"] for row in h], color=f"C{samplers.index(s)}", alpha=0.8,
@@ -244,17 +253,20 @@ def main() -> None:
         pcd = check([f"experiment={args.preset}", "sampler=pcd", *args.overrides])
         budget = steps * pcd.sampler.n_steps * pcd.sampler.n_samples
     out = Path(args.out) / f"{args.preset}-{args.mode}-{steps}"  # runs of other lengths never mix
+    kinds = {s: sampler_kind(check([f"experiment={args.preset}", f"dataset={datasets[0]}",
+                                    *sampler_overrides(s), *args.overrides], f"{datasets[0]} {s}: "))
+             for s in args.samplers}
     jobs = []
     for d in datasets:
         for s in args.samplers:
             for seed in args.seeds:
                 ov = [f"experiment={args.preset}", f"dataset={d}", *sampler_overrides(s), f"seed={seed}",
                       "progress=false", "num_threads=1", *args.overrides]
-                if args.mode == "budget" and not s.startswith("exact"):
+                if args.mode == "budget" and not kinds[s]["gradient_free"]:
                     ov += [f"steps={100 * steps}", f"budget={int(budget)}"]
                 else:
                     ov.append(f"steps={steps}")
-                jobs.append({"dataset": d, "sampler": s, "seed": seed, "overrides": ov,
+                jobs.append({"dataset": d, "sampler": s, "seed": seed, "overrides": ov, **kinds[s],
                              "run_dir": str(out / d / s / f"seed={seed}"), "force": args.force})
     for j in jobs:
         check(j["overrides"], f"{j['dataset']} {j['sampler']} seed={j['seed']}: ")

@@ -27,18 +27,21 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from annotated_types import Interval
 from torch import Tensor
 
 from pdebm.data.base import Dataset
 from pdebm.errors import check, one_of, positive
 from pdebm.data.idx import download_idx, find_idx, read_idx
+from pdebm.schema import Positive
 
 TRANSFORMS = ("none", "logit", "zca")
+LogitLambda = Annotated[float, Interval(gt=0, lt=0.5)]  # λ of the logit transform
 SPLIT_SEED = 0        # digits train/test permutation (fixed: the split never depends on the run)
 TEST_NOISE_SEED = 1   # dequantisation noise of the fixed test set
 STATS_SEED = 2        # dequantisation noise used for the data mean/std (base initialisation)
@@ -71,9 +74,10 @@ class ImageDataset(Dataset):
     name: str = "images"
 
     def __init__(self, train: np.ndarray, test: np.ndarray, levels: int, seed: int = 0,
-                 dequantize: bool = True, transform: str = "none", logit_lambda: float = 0.05,
-                 n_train: int | None = None, n_test: int | None = None,
-                 n_stats: int | None = None, zca_shrinkage: float = 1e-4,
+                 dequantize: bool = True, transform: Literal[TRANSFORMS] = "none",
+                 logit_lambda: LogitLambda = 0.05, n_train: Positive[int] | None = None,
+                 n_test: Positive[int] | None = None, n_stats: Positive[int] | None = None,
+                 zca_shrinkage: Positive[float] = 1e-4,
                  train_labels: np.ndarray | None = None,
                  test_labels: np.ndarray | None = None) -> None:
         one_of("dataset.transform", transform, TRANSFORMS)
@@ -237,10 +241,10 @@ class Digits(ImageDataset):
 
     name = "digits"
 
-    def __init__(self, seed: int = 0, dequantize: bool = True, transform: str = "none",
-                 logit_lambda: float = 0.05, n_train: int | None = None,
-                 n_test: int | None = None, n_stats: int | None = None,
-                 test_fraction: float = 0.2, zca_shrinkage: float = 1e-4) -> None:
+    def __init__(self, seed: int = 0, dequantize: bool = True, transform: Literal[TRANSFORMS] = "none",
+                 logit_lambda: LogitLambda = 0.05, n_train: Positive[int] | None = None,
+                 n_test: Positive[int] | None = None, n_stats: Positive[int] | None = None,
+                 test_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.2, zca_shrinkage: Positive[float] = 1e-4) -> None:
         from sklearn.datasets import load_digits
 
         check(0.0 < float(test_fraction) < 1.0,
@@ -292,10 +296,10 @@ class MNIST(ImageDataset):
     """How to get the files system-wide, appended to the "not found" error."""
 
     def __init__(self, root: str | os.PathLike | None = None, seed: int = 0,
-                 download: bool = False, dequantize: bool = True, transform: str = "none",
-                 logit_lambda: float = 0.05, n_train: int | None = None,
-                 n_test: int | None = None, n_stats: int | None = None,
-                 zca_shrinkage: float = 1e-4) -> None:
+                 download: bool = False, dequantize: bool = True, transform: Literal[TRANSFORMS] = "none",
+                 logit_lambda: LogitLambda = 0.05, n_train: Positive[int] | None = None,
+                 n_test: Positive[int] | None = None, n_stats: Positive[int] | None = None,
+                 zca_shrinkage: Positive[float] = 1e-4) -> None:
         self.root, self.explicit_root = self.data_root(root)
         if download:
             self.download()

@@ -9,13 +9,14 @@ every run of a seed sweep is evaluated on exactly the same held-out points.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 from torch import Tensor
 
 from pdebm.data.base import Dataset, to_tensor
 from pdebm.errors import one_of, positive
+from pdebm.schema import Positive
 
 Generator = np.random.Generator
 
@@ -145,7 +146,8 @@ class Toy2D(Dataset):
 
     shape = (2,)
 
-    def __init__(self, name: str, seed: int = 0, n_test: int = 5000, n_stats: int = 10000) -> None:
+    def __init__(self, name: Literal[tuple(GENERATORS)], seed: int = 0, n_test: Positive[int] = 5000,
+                 n_stats: Positive[int] = 10000) -> None:
         one_of("dataset.name", name, sorted(GENERATORS))
         positive("dataset.n_test", n_test)
         positive("dataset.n_stats", n_stats)

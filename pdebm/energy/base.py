@@ -15,8 +15,9 @@ AIS starts from and the baselines of ``scripts/gaussian_baselines.py``).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,25 @@ from torch.func import functional_call
 from pdebm.errors import check, one_of
 
 Energy = Callable[[Tensor], Tensor]
+
+
+def energy_in_chunks(energy: Energy, x: Tensor, chunk: int,
+                     device: torch.device | str | None = None) -> Tensor:
+    """``energy(x)`` evaluated ``chunk`` points at a time (bounds the memory of large grids and
+    test sets), each chunk moved to ``device`` first when one is given."""
+    return torch.cat([energy(x[i:i + chunk] if device is None else x[i:i + chunk].to(device))
+                      for i in range(0, len(x), chunk)])
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block, back in its own mode afterwards (also on error)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 """Anything that maps a batch ``x`` of shape ``(N, *shape)`` to energies of shape ``(N,)``."""
 
 
@@ -112,7 +132,13 @@ class EnergyModel(nn.Module):
     ``data_mean``/``data_std``/``data_shape`` are filled in by the trainer from the dataset.
     Without a base, ``self.base`` is ``None`` and :meth:`sample_base` draws ``N(0, I)`` noise
     (``self.noise``), which starts chains but is not part of the model.
+
+    Attributes:
+        example_shape: a data shape the energy takes (the tests build every energy option on
+            it): ``(2,)`` here; image energies declare an image shape.
     """
+
+    example_shape: tuple[int, ...] = (2,)
 
     def __init__(self, data_shape: Sequence[int], data_mean: Tensor, data_std: Tensor,
                  learn_base: bool = True, base_min_std: float = 1e-2,

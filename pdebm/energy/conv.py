@@ -16,15 +16,16 @@ own buffers without touching the live module's.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from pdebm.energy.base import EnergyModel, make_activation, zero_init_
+from pdebm.energy.base import ACTIVATIONS, BASES, EnergyModel, SwishBeta, make_activation, zero_init_
 from pdebm.errors import check, positive
+from pdebm.schema import Positive
 
 MIN_SIZE = 4     # downsample (stride 2) while the feature map's smaller side exceeds this
 HEADS = ("flatten", "pool")
@@ -90,12 +91,15 @@ class ConvEnergy(EnergyModel):
         learn_base / base_*: see :class:`~pdebm.energy.base.EnergyModel`.
     """
 
+    example_shape = (1, 8, 8)  # any (C, H, W); the digits' shape
+
     def __init__(self, data_shape: Sequence[int], data_mean: Tensor, data_std: Tensor,
-                 channels: Sequence[int] = (32, 64, 128), activation: str = "silu",
-                 head: str = "flatten", spectral_norm: bool = True, sn_iterations: int = 1,
-                 zero_init_last: bool = True, learn_base: bool = True,
-                 base_min_std: float = 1e-2, base_std_scale: float = 1.0,
-                 base: str = "gaussian") -> None:
+                 channels: Sequence[Positive[int]] = (32, 64, 128),
+                 activation: Literal[tuple(ACTIVATIONS)] = "silu",
+                 head: Literal[HEADS] = "flatten", spectral_norm: bool = True,
+                 sn_iterations: Positive[int] = 1, zero_init_last: bool = True,
+                 learn_base: bool = True, base_min_std: Positive[float] = 1e-2,
+                 base_std_scale: Positive[float] = 1.0, base: Literal[BASES] = "gaussian") -> None:
         shape = tuple(int(s) for s in data_shape)
         check(len(shape) == 3, f"energy=conv needs image data of shape (C, H, W), the dataset "
               f"has shape {shape}; use energy=mlp for vector data")
@@ -130,19 +134,6 @@ class ConvEnergy(EnergyModel):
         self.feature_shape = (c_in, h, w)  # the last feature map (for the curious and the tests)
 
 
-class Swish(nn.Module):
-    """``x·sigmoid(βx)`` with a learnable ``β`` per channel (initialised to 1), as in the
-    authors' networks."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.beta = nn.Parameter(torch.ones(channels))
-
-    def forward(self, x: Tensor) -> Tensor:
-        beta = self.beta.view(1, -1, *([1] * (x.dim() - 2)))
-        return x * torch.sigmoid(beta * x)
-
-
 class MNISTSmallConvEnergy(EnergyModel):
     """The authors' ``MNISTSmallConvNet(nc)`` (necludov/particle-EBMs, ``core/networks.py``)
     as an energy, for 28×28 single-channel images.
@@ -155,11 +146,14 @@ class MNISTSmallConvEnergy(EnergyModel):
     energy (no Gaussian term); ``zero_init_last`` is off by default as in their code.
     """
 
+    example_shape = (1, 28, 28)  # the only shape it takes
+
     def __init__(self, data_shape: Sequence[int], data_mean: Tensor, data_std: Tensor,
-                 nc: int = 64, activation: str = "swish", spectral_norm: bool = True,
-                 sn_iterations: int = 1, zero_init_last: bool = False, base: str = "none",
-                 learn_base: bool = True, base_min_std: float = 1e-2,
-                 base_std_scale: float = 1.0) -> None:
+                 nc: Positive[int] = 64, activation: Literal["swish", "leaky_relu"] = "swish",
+                 spectral_norm: bool = True, sn_iterations: Positive[int] = 1,
+                 zero_init_last: bool = False, base: Literal[BASES] = "none",
+                 learn_base: bool = True, base_min_std: Positive[float] = 1e-2,
+                 base_std_scale: Positive[float] = 1.0) -> None:
         shape = tuple(int(s) for s in data_shape)
         check(shape[1:] == (28, 28) and shape[0] == 1,
               f"energy=mnist_small_conv is the authors' 28×28 network; the dataset has shape "
@@ -178,7 +172,7 @@ class MNISTSmallConvEnergy(EnergyModel):
             if spectral_norm:
                 parametrize.register_parametrization(
                     conv, "weight", SpectralNorm(conv.weight, n_iterations=sn_iterations))
-            layers += [conv, Swish(c_out) if activation == "swish" else nn.LeakyReLU(0.2)]
+            layers += [conv, SwishBeta(c_out) if activation == "swish" else nn.LeakyReLU(0.2)]
         last = nn.Linear(nc, 1)
         if zero_init_last:
             zero_init_(last)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Sequence
+from typing import Literal, Sequence
 
 from torch import Tensor, nn
 
-from pdebm.energy.base import EnergyModel, make_activation, zero_init_
+from pdebm.energy.base import ACTIVATIONS, BASES, EnergyModel, make_activation, zero_init_
 from pdebm.errors import check, positive
+from pdebm.schema import Positive
 
 
 class MLPEnergy(EnergyModel):
@@ -26,10 +27,10 @@ class MLPEnergy(EnergyModel):
     """
 
     def __init__(self, data_shape: Sequence[int], data_mean: Tensor, data_std: Tensor,
-                 hidden: int = 300, depth: int = 3, activation: str = "silu",
-                 zero_init_last: bool = True, learn_base: bool = True,
-                 base_min_std: float = 1e-2, base_std_scale: float = 1.0,
-                 base: str = "gaussian") -> None:
+                 hidden: Positive[int] = 300, depth: Positive[int] = 3,
+                 activation: Literal[tuple(ACTIVATIONS)] = "silu", zero_init_last: bool = True,
+                 learn_base: bool = True, base_min_std: Positive[float] = 1e-2,
+                 base_std_scale: Positive[float] = 1.0, base: Literal[BASES] = "gaussian") -> None:
         super().__init__(data_shape, data_mean, data_std, learn_base, base_min_std,
                          base_std_scale, base=base)
         check(base != "none" or not zero_init_last,

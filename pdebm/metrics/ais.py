@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pdebm.energy.base import EnergyModel, GaussianBase
+from pdebm.energy.base import EnergyModel, GaussianBase, energy_in_chunks, eval_mode
 from pdebm.errors import check, positive
 from pdebm.samplers.langevin import LangevinConfig, frozen_parameters, langevin
 
@@ -199,34 +199,29 @@ def ais_log_z(energy: EnergyModel, n_chains: int = 100, n_temps: int = 1000,
             return beta * energy(x) - (1.0 - beta) * p0.log_prob(x)
         return e_beta
 
-    was_training = energy.training
-    energy.eval()
-    try:
-        with _seeded(seed, device), frozen_parameters(energy):  # ∇ₓ only: no θ bookkeeping
-            # x₀ ~ p₀ in either coordinate system (z = x₀ − μ unpreconditioned)
-            z = torch.randn((n_chains, *mu.shape), device=device)
-            if not precondition:
-                z = p0.unwhiten(z) - mu
-            log_w = torch.zeros(n_chains, dtype=torch.float64, device=device)
-            # The adapted step size and the acceptance stay on the device (no host sync per
-            # temperature): ``step`` is a float64 0-d tensor once adaptation starts.
-            step: float | Tensor = kernel.step_size
-            rates: list[Tensor] = []
-            evals, beta_prev = 0, 0.0
-            for beta in tqdm(betas.tolist(), desc="AIS", disable=not progress, leave=False):
-                log_w += -(beta - beta_prev) * network(z)
-                cfg = dataclasses.replace(kernel, step_size=step)
-                res = langevin(tempered(beta), z, cfg, None if kernel.mala else log_w)
-                z, evals, beta_prev = res.x, evals + res.grad_evals, beta
-                if kernel.mala and res.accept_rate is not None:
-                    rate = res.accept_rate.double()
-                    rates.append(rate)
-                    if adapt_step_size:
-                        step = (step * torch.exp(rate - target_accept)).clamp(1e-8, 1e2)
-                else:
-                    log_w = res.log_weights if res.log_weights is not None else log_w
-    finally:
-        energy.train(was_training)
+    with eval_mode(energy), _seeded(seed, device), frozen_parameters(energy):  # ∇ₓ only
+        # x₀ ~ p₀ in either coordinate system (z = x₀ − μ unpreconditioned)
+        z = torch.randn((n_chains, *mu.shape), device=device)
+        if not precondition:
+            z = p0.unwhiten(z) - mu
+        log_w = torch.zeros(n_chains, dtype=torch.float64, device=device)
+        # The adapted step size and the acceptance stay on the device (no host sync per
+        # temperature): ``step`` is a float64 0-d tensor once adaptation starts.
+        step: float | Tensor = kernel.step_size
+        rates: list[Tensor] = []
+        evals, beta_prev = 0, 0.0
+        for beta in tqdm(betas.tolist(), desc="AIS", disable=not progress, leave=False):
+            log_w += -(beta - beta_prev) * network(z)
+            cfg = dataclasses.replace(kernel, step_size=step)
+            res = langevin(tempered(beta), z, cfg, None if kernel.mala else log_w)
+            z, evals, beta_prev = res.x, evals + res.grad_evals, beta
+            if kernel.mala and res.accept_rate is not None:
+                rate = res.accept_rate.double()
+                rates.append(rate)
+                if adapt_step_size:
+                    step = (step * torch.exp(rate - target_accept)).clamp(1e-8, 1e2)
+            else:
+                log_w = res.log_weights if res.log_weights is not None else log_w
     accept_rate = float(torch.stack(rates).mean()) if rates else None
     log_z, se, ess = _log_mean_exp_stats(log_w)
     check(math.isfinite(log_z), "AIS log-weights are not finite: the energy is NaN/inf on some "
@@ -262,13 +257,8 @@ def ais_log_likelihood(energy: EnergyModel, x_test: Tensor, dataset: Any = None,
                       "(set dataset.dequantize=true)", stacklevel=2)
     result = ais_log_z(energy, **ais_kwargs)
     device = energy.device
-    was_training = energy.training
-    energy.eval()
-    try:
-        e = torch.cat([energy(x_test[i:i + batch_size].to(device)).double().cpu()
-                       for i in range(0, len(x_test), batch_size)])
-    finally:
-        energy.train(was_training)
+    with eval_mode(energy):
+        e = energy_in_chunks(energy, x_test, batch_size, device).double().cpu()
     ll_model = -e - result.log_z
     ll = ll_model.clone()
     if dataset is not None and hasattr(dataset, "log_det_jacobian"):

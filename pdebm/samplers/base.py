@@ -37,11 +37,18 @@ class Sampler(abc.ABC):
         needs_previous_energy: ``update`` reads ``energy_before`` (the parameters before the
             optimizer step). Only then does the trainer take the snapshot; otherwise
             ``update`` receives ``None``.
+        gradient_free: the sampler spends no energy gradients (``grad_evals`` stays 0), so a
+            ``budget=`` of gradient evaluations never stops it; the benchmark runs it for
+            ``--steps`` and draws it as a line (the exact sampler, a noise-only sampler).
+        oracle: the sampler draws exact samples of the current model (the exact grid sampler):
+            the reference the benchmark's "gap to exact" column is measured against.
     """
 
     weighted: bool = False
     requires_2d: bool = False
     needs_previous_energy: bool = False
+    gradient_free: bool = False
+    oracle: bool = False
 
     def __init__(self) -> None:
         self.grad_evals = 0

@@ -26,6 +26,8 @@ class ExactSampler(Sampler):
     """
 
     requires_2d = True
+    gradient_free = True  # one grid evaluation of E per step, no gradients
+    oracle = True         # exact samples of the (gridded) current model
 
     def __init__(self, n_samples: int = 1000, low: float = -5.0, high: float = 5.0,
                  resolution: int = 200) -> None:
