@@ -164,7 +164,7 @@ def refusal(saved: Mapping[str, Any] | None, current: Mapping[str, Any],
     if decays and saved.get("steps") != current.get("steps"):
         # the learning rate decays to the run's last step: more steps would train at lr ≈ 0
         diffs.insert(0, f"steps: checkpoint {saved.get('steps')}, config {current.get('steps')} "
-                        "(schedule=cosine ends at the run's own last step)")
+                        "(the schedule decays to the run's own last step)")
     if not diffs:
         return None
     keyed = [(d.split(":", 1)[0], d) for d in diffs]
