@@ -503,3 +503,25 @@ def test_small_items_inf_long_warnings_and_the_divergence_line(tmp_path, monkeyp
     line = Checkpoints(tmp_path / "c").diverged(
         "loss is nan at step 5: training diverged (try a smaller lr or step size, or energy_reg > 0)")
     assert line.count("try a smaller") == 1 and line.count("training diverged") == 1
+
+
+def test_the_default_schedule_holds_then_decays_and_presets_keep_theirs():
+    from pdebm.schedules import Cosine
+
+    c = Cosine(500, decay_from=0.6)
+    assert [c(s) for s in (0, 150, 299, 300)] == [1.0, 1.0, 1.0, 1.0]
+    assert c(400) == pytest.approx(0.5) and c(499) < 1e-3 and c(500) == 0.0
+    assert all(c(s) >= c(s + 1) for s in range(500))
+    assert compose_config([]).schedule.decay_from == 0.6
+    for preset in ("fast_2d", "paper_2d", "digits_quick", "fashion_quick"):  # their measured protocol
+        assert compose_config([f"experiment={preset}"]).schedule._target_.endswith("Constant"), preset
+
+
+def test_cli_is_split_without_an_import_circle():
+    import ast
+
+    import pdebm.resume as resume_module
+
+    tree = ast.parse(Path(resume_module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"pdebm.cli", "pdebm.preflight", "pdebm.rundir"}
