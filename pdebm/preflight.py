@@ -104,9 +104,14 @@ def _run_positional(config_name: str, args: list[str]) -> list[str]:
     lone word that is no override and names an existing path becomes ``run=<that path>``."""
     if config_name == "train":
         return args
+    from pdebm.errors import ConfigError
+
     out = []
     for a in args:
-        if "=" not in a.split("/", 1)[0] and not a.startswith(("~", "+")) and Path(a).exists():
+        if "=" not in a.split("/", 1)[0] and not a.startswith(("~", "+")):
+            if not Path(a).expanduser().exists():
+                raise ConfigError(f"{a}: no such run directory or checkpoint (pdebm "
+                                  f"{_command(config_name)} <run dir> [key=value ...])")
             a = f"run={quote(a)}"
         out.append(a)
     return out

@@ -483,6 +483,8 @@ def test_paths_paste_the_positional_run_and_the_done_command(tmp_path, monkeypat
         assert [cli._pasted_path(a) for a in args] == [f"run={cli.quote(str(run))}"]
         (o,) = OverridesParser.create().parse_overrides([cli._pasted_path(args[0])])
         assert o.value() == str(run)
+    with pytest.raises(ConfigError, match="no such run directory or checkpoint"):
+        cli._run_positional("eval", [str(tmp_path / "nowhere")])
     from pdebm.resume import done_command, eval_command
 
     assert shlex.split(eval_command(run)) == ["pdebm", "eval", str(run)]
