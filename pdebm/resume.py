@@ -160,6 +160,11 @@ def refusal(saved: Mapping[str, Any] | None, current: Mapping[str, Any],
     if saved is None:
         return None
     diffs = config_diff(saved, current)
+    decays = str((saved.get("schedule") or {}).get("_target_", "")).endswith("Cosine")
+    if decays and saved.get("steps") != current.get("steps"):
+        # the learning rate decays to the run's last step: more steps would train at lr ≈ 0
+        diffs.insert(0, f"steps: checkpoint {saved.get('steps')}, config {current.get('steps')} "
+                        "(the schedule decays to the run's own last step)")
     if not diffs:
         return None
     keyed = [(d.split(":", 1)[0], d) for d in diffs]
@@ -199,7 +204,10 @@ def refusal(saved: Mapping[str, Any] | None, current: Mapping[str, Any],
 def _short_diff(d: str) -> str:
     """``key: checkpoint A, config B`` with long values cut."""
     key, rest = d.split(": ", 1)
+    rest, paren, note = rest.partition(" (")
     a, _, b = rest.partition(", config ")
+    if paren:
+        return f"{key}: checkpoint {_short(a[len('checkpoint '):])}, config {_short(b)} ({note}"
     return f"{key}: checkpoint {_short(a[len('checkpoint '):])}, config {_short(b)}"
 
 

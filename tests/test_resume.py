@@ -7,10 +7,13 @@ from tests.conftest import FAST_SAMPLER, TINY_2D
 
 
 @pytest.mark.parametrize("sampler", sorted(FAST_SAMPLER))
-def test_resume_reproduces_uninterrupted_run(make_cfg, tmp_path, sampler):
+def test_resume_reproduces_uninterrupted_run(make_cfg, tmp_path, sampler, monkeypatch):
     common = [*TINY_2D, *FAST_SAMPLER[sampler]]
     full = train(make_cfg(*common, "steps=6", run_dir=tmp_path / "full"))
-    train(make_cfg(*common, "steps=3", run_dir=tmp_path / "first"))      # stops mid-way at step 3
+    monkeypatch.setenv("PDEBM_STOP_AT_STEP", "3")  # stopped mid-way at step 3, as by SIGTERM
+    with pytest.raises(SystemExit):
+        train(make_cfg(*common, "steps=6", run_dir=tmp_path / "first"))
+    monkeypatch.delenv("PDEBM_STOP_AT_STEP")
     ckpt = tmp_path / "first" / "checkpoints" / "last.pt"
     resumed = train(make_cfg(*common, "steps=6", f"resume={ckpt}", run_dir=tmp_path / "second"))
     for k in ("test_nll", "lag_kl", "mmd2", "energy_gap", "sampler_grad_evals"):

@@ -56,23 +56,26 @@ def test_resume_in_process_appends_to_the_same_directory(make_cfg, tmp_path, mon
     run = tmp_path / "run"
     monkeypatch.setenv("PDEBM_STOP_AT_STEP", "3")
     with pytest.raises(SystemExit):
-        train(make_cfg(*FAST, run_dir=run))
+        train(make_cfg(*FAST, "steps=6", run_dir=run))
     monkeypatch.delenv("PDEBM_STOP_AT_STEP")
     train(make_cfg(*FAST, "steps=6", f"resume={run}", run_dir=run))
     assert steps_of(run / "metrics.jsonl") == [0, 2, 4, 6]  # no row twice, none lost
     # a different lr is refused, naming the key (in-process path: build)
     with pytest.raises(ConfigError, match=r"resume would change lr: checkpoint 0.001, config 0.01"):
-        train(make_cfg(*FAST, "steps=8", "lr=0.01", f"resume={run}", run_dir=tmp_path / "other"))
+        train(make_cfg(*FAST, "steps=6", "lr=0.01", f"resume={run}", run_dir=tmp_path / "other"))
+    # the default schedule decays to the run's last step: more steps would train at lr 0
+    with pytest.raises(ConfigError, match=r"would change steps: checkpoint 6, config 8 "
+                                          r"\(the schedule decays to the run's own last step\)"):
+        train(make_cfg(*FAST, "steps=8", f"resume={run}", run_dir=tmp_path / "other"))
 
 
 def test_preflight_resume_uses_the_runs_own_overrides_and_directory(make_cfg, tmp_path):
     run = tmp_path / "outputs" / "a=1,b"   # a sweep-like name: '=' and ','
-    train(make_cfg(*FAST, "sampler=pcd", "sampler.n_steps=3", "sampler.buffer_size=128",
-                   run_dir=run))
+    own = [*FAST, "sampler=pcd", "sampler.n_steps=3", "sampler.buffer_size=128",
+           "schedule=constant"]  # a constant rate: more steps may be added on resume
+    train(make_cfg(*own, run_dir=run))
     (run / ".hydra").mkdir()
-    (run / ".hydra" / "overrides.yaml").write_text(
-        "".join(f"- {o}\n" for o in [*FAST, "sampler=pcd", "sampler.n_steps=3",
-                                     "sampler.buffer_size=128"]))
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in own))
     plan = cli.preflight("train", [shlex.split(continue_command(run))[2], "steps=8"])
     assert "sampler=pcd" in plan.args and "steps=8" in plan.args and "steps=4" not in plan.args
     assert f"hydra.run.dir={cli.quote(str(run))}" in plan.args and plan.created == []
@@ -276,9 +279,10 @@ def test_resume_without_overrides_takes_the_checkpoints_config(make_cfg, tmp_pat
     # a record that composes to something else (say, edited): the checkpoint still rules
     (run / ".hydra").mkdir()
     (run / ".hydra" / "overrides.yaml").write_text("- energy.hidden=64\n- steps=40\n")
-    plan = cli.preflight("train", [f"resume={run}", "steps=8"])
+    plan = cli.preflight("train", [f"resume={run}", "eval_every=1"])
     job = _compose_job(plan.args)
-    assert job["energy"]["hidden"] == 32 and job["steps"] == 8 and job["lr"] == 0.002
+    assert job["energy"]["hidden"] == 32 and job["steps"] == 6 and job["lr"] == 0.002
+    assert job["eval_every"] == 1
     # the user's own change is still refused, named by the user's key, in one short line
     with pytest.raises(ConfigError) as e:
         cli.preflight("train", [f"resume={run}", "energy.hidden=64"])
@@ -479,6 +483,8 @@ def test_paths_paste_the_positional_run_and_the_done_command(tmp_path, monkeypat
         assert [cli._pasted_path(a) for a in args] == [f"run={cli.quote(str(run))}"]
         (o,) = OverridesParser.create().parse_overrides([cli._pasted_path(args[0])])
         assert o.value() == str(run)
+    with pytest.raises(ConfigError, match="no such run directory or checkpoint"):
+        cli._run_positional("eval", [str(tmp_path / "nowhere")])
     from pdebm.resume import done_command, eval_command
 
     assert shlex.split(eval_command(run)) == ["pdebm", "eval", str(run)]
@@ -499,3 +505,25 @@ def test_small_items_inf_long_warnings_and_the_divergence_line(tmp_path, monkeyp
     line = Checkpoints(tmp_path / "c").diverged(
         "loss is nan at step 5: training diverged (try a smaller lr or step size, or energy_reg > 0)")
     assert line.count("try a smaller") == 1 and line.count("training diverged") == 1
+
+
+def test_the_default_schedule_holds_then_decays_and_presets_keep_theirs():
+    from pdebm.schedules import Cosine
+
+    c = Cosine(500, decay_from=0.6)
+    assert [c(s) for s in (0, 150, 299, 300)] == [1.0, 1.0, 1.0, 1.0]
+    assert c(400) == pytest.approx(0.5) and c(499) < 1e-3 and c(500) == 0.0
+    assert all(c(s) >= c(s + 1) for s in range(500))
+    assert compose_config([]).schedule.decay_from == 0.6
+    for preset in ("fast_2d", "paper_2d", "digits_quick", "fashion_quick"):  # their measured protocol
+        assert compose_config([f"experiment={preset}"]).schedule._target_.endswith("Constant"), preset
+
+
+def test_cli_is_split_without_an_import_circle():
+    import ast
+
+    import pdebm.resume as resume_module
+
+    tree = ast.parse(Path(resume_module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"pdebm.cli", "pdebm.preflight", "pdebm.rundir"}
