@@ -62,10 +62,11 @@ register_resolvers()
 def instantiate(node, **kwargs):
     """``hydra.utils.instantiate`` after checking every key of ``node`` against the annotations
     of the constructor it names (:func:`pdebm.schema.check_node`: types, choices, declared
-    ranges; an integral float for an ``int`` is passed as an int), that lets a :class:`~pdebm.errors.ConfigError` raised by a
-    constructor through unchanged (Hydra wraps it in a multi-line InstantiationException), and
-    reports any other failure as one line that names the innermost cause (a wrong argument name:
-    ``TypeError: ... got an unexpected keyword argument 'x'``)."""
+    ranges; an integral float for an ``int`` is passed as an int). It lets a
+    :class:`~pdebm.errors.ConfigError` raised by a constructor through unchanged (Hydra wraps it
+    in a multi-line InstantiationException), and reports any other failure as one line that
+    names the innermost cause (a wrong argument name: ``TypeError: ... got an unexpected keyword
+    argument 'x'``)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
 

@@ -151,7 +151,8 @@ def table(dataset: str, results: list[dict], samplers: list[str]) -> str:
                 rows.append(f"\n{s} seed={r['seed']}: {r['final']['diverged']} (its row shows that "
                             "evaluation; the run did not go on)")
     # cost for each other gradient-spending row to reach PCD's NLL: its final one (against PCD's
-    # whole cost) and its best one over the run (mean of each seed's minimum, against what PCD spent to get there)
+    # whole cost) and its best one over the run (mean of each seed's minimum, against what PCD
+    # spent to get there)
     pcd = by.get("pcd") or []
     pcd_hist = [h for h in map(nll_history, pcd) if h]
     first = [h[0]["test_nll"] for h in pcd_hist if h[0]["step"] == 0]
@@ -198,8 +199,9 @@ def plot(results: list[dict], datasets: list[str], samplers: list[str], path: Pa
             for i, r in enumerate(r for r in results if r["dataset"] == d and r["sampler"] == s):
                 h = nll_history(r)
                 if r.get("gradient_free"):  # no gradient cost (x = 0): its final NLL as a line
-                    ax.axhline(h[-1]["test_nll"], color="k" if r.get("oracle") else f"C{samplers.index(s)}",
-                               ls="--", lw=1, label=f"{s} (final)" if i == 0 else None)
+                    color = "k" if r.get("oracle") else f"C{samplers.index(s)}"
+                    ax.axhline(h[-1]["test_nll"], color=color, ls="--", lw=1,
+                               label=f"{s} (final)" if i == 0 else None)
                     continue
                 x = [row["sampler_grad_evals"] for row in h]
                 ax.plot(x, [row["test_nll"] for row in h], color=f"C{samplers.index(s)}", alpha=0.8,

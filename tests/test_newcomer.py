@@ -24,12 +24,13 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "compare_samplers.
 NOISE_PY = '''"""Negatives drawn afresh from the energy's Gaussian base: no Markov chain, no gradients."""
 
 from pdebm.samplers.base import Sampler, initial_noise, uniform_log_weights
+from pdebm.schema import Positive
 
 
 class NoiseSampler(Sampler):
     gradient_free = True  # grad_evals stays 0: budget= never stops it
 
-    def __init__(self, n_samples: int = 1000) -> None:
+    def __init__(self, n_samples: Positive[int] = 1000) -> None:
         super().__init__()
         self.n_samples = n_samples
 

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from pdebm.energy.base import ACTIVATIONS, BASES, EnergyModel, SwishBeta, make_activation, zero_init_
+from pdebm.energy.base import (ACTIVATIONS, BASES, EnergyModel, SwishBeta, make_activation,
+                               zero_init_)
 from pdebm.errors import check, positive
 from pdebm.schema import Positive
 
