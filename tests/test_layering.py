@@ -16,19 +16,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 LAYERS = {  # top to bottom; a module's layer is that of the first pattern its name matches
-    "commands": ["pdebm.cli", "pdebm.preflight", "pdebm.train", "pdebm.eval", "scripts."],
+    "commands": ["pdebm.cli", "pdebm.preflight", "pdebm.train", "pdebm.eval", "pdebm.sample", "scripts."],
     "run": ["pdebm.rundir", "pdebm.build", "pdebm.step", "pdebm.runlog", "pdebm.monitor", "pdebm.stop",
             "pdebm.checkpoint", "pdebm.resume", "pdebm.checkpoint_diff", "pdebm.diverge",
             "pdebm.progress", "pdebm.validate", "pdebm.hostsync"],
     "science": ["pdebm.samplers", "pdebm.metrics", "pdebm.loss", "pdebm.grid", "pdebm.figures"],
     "models": ["pdebm.energy", "pdebm.data", "pdebm.schedules"],
     "ground": ["pdebm.config", "pdebm.errors", "pdebm.io", "pdebm.schema", "pdebm"],
-}  # (pdebm.preflight, pdebm.rundir: the cli.py split's modules, once they exist)
+}
 ORDER = list(LAYERS)
 
-KNOWN_CYCLE = ("pdebm/resume.py imports `quote` from pdebm/cli.py, which imports pdebm/resume.py: "
-               "the one known cycle (and arrow back up), removed by the cli.py split (issue 24, "
-               "helper A); the lead removes this xfail when that lands")
 
 
 def _module_name(path: Path) -> str:
@@ -101,9 +98,7 @@ def _arrows_up(below: str, above: str) -> list[str]:
 NEVER = [(b, a) for i, a in enumerate(ORDER) for b in ORDER[i + 1:]]  # (lower layer, upper layer)
 
 
-@pytest.mark.parametrize("below, above", [
-    pytest.param(b, a, marks=pytest.mark.xfail(strict=True, reason=KNOWN_CYCLE))
-    if (b, a) == ("run", "commands") else (b, a) for b, a in NEVER])
+@pytest.mark.parametrize("below, above", NEVER)
 def test_no_layer_imports_a_layer_above_it(below, above):
     """Samplers and metrics never import the run or the commands; models never import
     samplers; the ground imports nothing of ours above it."""
@@ -151,15 +146,8 @@ def test_the_cycle_finder_finds_a_cycle():
         GRAPH = saved
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_CYCLE)
 def test_no_import_cycles():
     assert _cycles() == []
-
-
-def test_the_only_cycle_is_the_known_one():
-    """Until the cli.py split lands: no cycle but cli.py <-> resume.py."""
-    assert _cycles() in ([], [["pdebm.cli", "pdebm.resume"]])
-    assert _arrows_up("run", "commands") in ([], ["pdebm.resume -> pdebm.cli"])
 
 
 def test_architecture_doc_names_every_module():
