@@ -30,6 +30,8 @@ VARIANTS: dict[str, dict] = {
     "none": {"field": "none"},
     "gradient": {"field": "gradient"},
     "substeps=4": {"substeps": 4},
+    "max_substeps=8": {"max_substeps": 8},
+    "adapt_accept=0.57, MALA": {"adapt_accept": 0.57, "kernel": {"mala": True}},
     "bounds=[0.1,10]": {"jacobian_bounds": (0.1, 10.0)},
     "unweighted": {"weights": False},
     "unweighted basis": {"weights": False, "field": "basis"},

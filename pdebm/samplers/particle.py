@@ -6,11 +6,15 @@ After every optimizer step ``θ_k → θ_{k+1}`` (``update(before, after)``) the
    (``delta: exact``) or ``∇_θE_{θ_{k+1}}·(θ_{k+1} − θ_k)`` (``delta: first_order``, the
    authors' code) and the potential ``φ`` fitted by the field (:mod:`pdebm.samplers.fields`:
    ``φ = c·δE``, or ``c₁δE + bᵀx + a|x − x̄|²`` for ``basis``), optionally as ``substeps``
-   moves of ``φ/S`` that re-evaluate ``∇ₓδE`` where the particles have got to;
+   moves of ``φ/S`` that re-evaluate ``∇ₓδE`` where the particles have got to, and with
+   ``max_substeps`` as many more guarded substeps as the Jacobian guard needs to make the
+   whole move (adaptive substeps);
 2. **reweighted** (``weights: true``), ``ℓ ← ℓ − E_{θ_{k+1}}(T(x)) + E_{θ_k}(x) + log|det ∇T(x)|``,
-   and resampled (systematic) when ``ESS/N < ess_threshold``;
+   checked (Pareto ``k̂`` of the weights, :func:`~pdebm.samplers.weights.pareto_k_hat`) and
+   resampled (systematic) when ``ESS/N < ess_threshold``;
 3. **corrected** by ``K`` Langevin steps aimed at ``θ_{k+1}`` (the shared kernel, which adds
-   the ULA weight increment; after a resampling these moves are the diversification);
+   the ULA weight increment; after a resampling these moves are the diversification; with
+   ``adapt_accept`` MALA's ``ε`` follows a target acceptance);
 4. partly **refreshed** with draws from the energy's (current) base distribution.
 
 Weights. The log-weights keep their absolute scale, ``w = exp(−E)/q`` for the particles'
@@ -142,16 +146,15 @@ class ParticleSampler(Sampler):
         ess_threshold: resample when ``ESS/N`` falls below this (0: never).
         substeps: split the transport into at least this many moves of ``c/S``.
         max_substeps: adaptive substeps: where the Jacobian guard would shrink a move, the rest
-            of it is made by further guarded substeps, up to this many in all (``= substeps``:
+            of it is made by further guarded substeps, up to this many in all (``≤ substeps``:
             no adaptation; the guard shrinks the move).
         check_every: every this many updates (the first included) one update reads the
             device diagnostics on the host: the Pareto ``k̂`` warning, and with adaptive
             substeps the remaining move after each substep, which sets the substep count the
             updates in between run (they read nothing on the host).
-        adapt_accept: adapt the Langevin correction's ``ε`` after every update so that the mean
-            Metropolis–Hastings acceptance probability of its proposals (MALA's acceptance
-            rate; for ULA the same ``min(1, r)``, which the weights' increment already
-            computes) approaches this target (``None``: fixed ``ε``). Weighted or MALA only.
+        adapt_accept: adapt the MALA correction's ``ε`` after every update so that the mean
+            Metropolis–Hastings acceptance probability of its proposals approaches this target
+            (``None``: fixed ``ε``). MALA only (``langevin.mala: true``).
         step_bounds: ``[lo, hi]`` for the adapted ``ε``.
         jacobian_bounds: ``[lo, hi]``, the range allowed for the eigenvalues of ``∇T`` (shrinks
             ``φ``; weighted: all eigenvalues, unweighted: the quadratic term's).
@@ -189,9 +192,7 @@ class ParticleSampler(Sampler):
               f"sampler.ess_threshold must be in [0, 1], got {ess_threshold}")
         positive("sampler.substeps", substeps)
         positive("sampler.check_every", check_every)
-        check(max_substeps >= substeps,
-              f"sampler.max_substeps must be at least sampler.substeps ({substeps}), got "
-              f"{max_substeps}")
+        positive("sampler.max_substeps", max_substeps)
         bounds = tuple(float(b) for b in jacobian_bounds)
         check(len(bounds) == 2 and 0 < bounds[0] < 1 < bounds[1],
               f"sampler.jacobian_bounds must be [lo, hi] with 0 < lo < 1 < hi, got "
@@ -204,13 +205,15 @@ class ParticleSampler(Sampler):
         self.init, self.burn_in, self.weighted = init, int(burn_in), bool(weights)
         self.logdet, self.n_probes, self.ess_threshold = logdet, int(n_probes), ess_threshold
         self.substeps, self.jacobian_bounds = int(substeps), bounds
-        self.max_substeps, self.check_every = int(max_substeps), int(check_every)
+        # below substeps it is substeps: no adaptation
+        self.max_substeps = max(int(max_substeps), self.substeps)
+        self.check_every = int(check_every)
         self._planned = self.substeps     # substeps the last planning update needed
         if adapt_accept is not None:
             check(0 < adapt_accept < 1, f"sampler.adapt_accept must be in (0, 1), got {adapt_accept}")
-            check(self.weighted or self.kernel.mala,
-                  "sampler.adapt_accept needs weights=true or langevin.mala=true (the acceptance "
-                  "probability is computed only there)")
+            check(self.kernel.mala,
+                  "sampler.adapt_accept needs langevin.mala=true (adapting ULA's ε to its "
+                  "would-be acceptance blew the particles up on stiff targets: docs/method.md)")
         sb = tuple(float(b) for b in step_bounds)
         check(len(sb) == 2 and 0 < sb[0] <= sb[1],
               f"sampler.step_bounds must be [lo, hi] with 0 < lo <= hi, got {list(step_bounds)}")
@@ -365,7 +368,8 @@ class ParticleSampler(Sampler):
             self._log_step = torch.tensor(math.log(self.kernel.step_size), dtype=torch.float64,
                                           device=rate.device)
         lo, hi = self.step_bounds
-        self._log_step = (self._log_step + ADAPT_GAIN * (rate.double() - self.adapt_accept)
+        rate = torch.nan_to_num(rate.double(), nan=0.0)  # a blown-up move counts as rejected
+        self._log_step = (self._log_step + ADAPT_GAIN * (rate - self.adapt_accept)
                           ).clamp(math.log(lo), math.log(hi))
 
     def _watch_k_hat(self, k_hat: Tensor) -> None:
