@@ -87,6 +87,19 @@ def test_default_sampler_is_consistent_along_the_path(family: str) -> None:
     assert s.stats["unique_frac"] == 1.0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [{}, {"field": "none"}], ids=["default", "none"])
+@pytest.mark.parametrize("family", PASSING)
+def test_passing_variants_at_eight_seeds(family: str, variant: dict) -> None:
+    """The sweep behind docs/results.md's table for the variants that pass: 8 seeds."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = [run_path(family, lambda: default_sampler(**variant), seed, MOVES)
+               for seed in range(8)]
+    s = summarise(res)
+    assert s.worst_z < 3.0, (s.z.tolist(), s.ratio.tolist())
+
+
 def test_the_hard_curved_path_fails_and_k_hat_sees_part_of_it() -> None:
     """The issue's failing case (curvature ×4, the ridge moving faster than its width at the
     arms): the default's second moment of x₂ is far too small while ESS/N stays high. Pareto
