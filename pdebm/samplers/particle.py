@@ -219,6 +219,7 @@ class ParticleSampler(Sampler):
               f"sampler.step_bounds must be [lo, hi] with 0 < lo <= hi, got {list(step_bounds)}")
         self.adapt_accept, self.step_bounds = adapt_accept, sb
         self._log_step: Tensor | None = None  # log ε of the adapted correction (device scalar)
+        self._step0 = float(self.kernel.step_size)
         self._k_hat_sum: Tensor | None = None  # sum of k̂ since the last host check
         self._k_hat_count = 0
         self._warned_k_hat = False
@@ -287,7 +288,7 @@ class ParticleSampler(Sampler):
             x = x[idx]
             log_w = torch.where(resample, logmeanexp(log_w).expand(n), log_w)
             stats["resampled"] = resample.double()
-        out = langevin(energy_after, x, self._correction_kernel(),
+        out = langevin(energy_after, x, self.kernel,
                        log_weights=log_w if self.weighted else None)
         self.grad_evals += out.grad_evals
         if self.adapt_accept is not None and out.mh_rate is not None:
@@ -340,10 +341,13 @@ class ParticleSampler(Sampler):
         return dict(self._stats)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "x": self.x, "log_w": self.log_w,
+        return {**super().state_dict(), **self._adaptive_state(), "x": self.x, "log_w": self.log_w,
                 "updates": self._updates, "shortcut_off": self._shortcut_off,
-                "planned_substeps": self._planned, "log_step": self._log_step,
                 "untransported": self._untransported}
+
+    def _adaptive_state(self) -> dict[str, Any]:
+        """The adaptive substeps' plan and the adapted ``log ε``, for checkpoints."""
+        return {"planned_substeps": self._planned, "log_step": self._log_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -353,24 +357,22 @@ class ParticleSampler(Sampler):
         self._shortcut_off = bool(state.get("shortcut_off", False))
         self._planned = int(state.get("planned_substeps", self.substeps))
         self._log_step = state.get("log_step")
+        if self._log_step is not None:
+            self.kernel = replace(self.kernel, step_size=self._log_step.exp())
         self._untransported = state.get("untransported", 0)
 
     # ------------------------------------------------------------------------------- pieces
-    def _correction_kernel(self) -> LangevinConfig:
-        """The correction's kernel: the configured one, or with the adapted ``ε``."""
-        if self.adapt_accept is None or self._log_step is None:
-            return self.kernel
-        return replace(self.kernel, step_size=self._log_step.exp())
-
     def _adapt_step(self, rate: Tensor) -> None:
-        """``log ε ← log ε + ADAPT_GAIN·(rate − target)``, clipped to ``step_bounds`` (device)."""
+        """``log ε ← log ε + ADAPT_GAIN·(rate − target)``, clipped to ``step_bounds`` (device);
+        the correction's kernel then runs at that ``ε`` (a device scalar)."""
         if self._log_step is None:
-            self._log_step = torch.tensor(math.log(self.kernel.step_size), dtype=torch.float64,
+            self._log_step = torch.tensor(math.log(self._step0), dtype=torch.float64,
                                           device=rate.device)
         lo, hi = self.step_bounds
         rate = torch.nan_to_num(rate.double(), nan=0.0)  # a blown-up move counts as rejected
         self._log_step = (self._log_step + ADAPT_GAIN * (rate - self.adapt_accept)
                           ).clamp(math.log(lo), math.log(hi))
+        self.kernel = replace(self.kernel, step_size=self._log_step.exp())
 
     def _watch_k_hat(self, k_hat: Tensor) -> None:
         """Sum ``k̂`` on the device; every ``check_every``-th update read the mean over the
