@@ -164,6 +164,9 @@ class LangevinResult:
     log_weights: Tensor | None
     accept_rate: Tensor | None  # MALA only: a 0-d tensor on the samples' device (no host sync)
     grad_evals: int             # per-sample gradient evaluations spent
+    mh_rate: Tensor | None = None  # mean Metropolis–Hastings acceptance probability min(1, r) of
+    # the proposals (MALA and weighted ULA, where r is computed anyway; a 0-d device tensor): a
+    # step-size signal for ULA too (a caller may adapt ε to it; the kernel itself never does)
 
 
 def _drift(g: Tensor, cfg: LangevinConfig) -> Tensor:
@@ -212,6 +215,7 @@ def _langevin(energy: Energy, x: Tensor, cfg: LangevinConfig, log_weights: Tenso
     e, g = grad_fn(energy, x)
     evals += 1
     accepted = torch.zeros((), device=x.device)
+    mh = torch.zeros((), device=x.device)
     for _ in range(cfg.n_steps):
         drift = _drift(g, cfg)
         x_new = x + drift + sigma * torch.randn_like(x)
@@ -228,6 +232,7 @@ def _langevin(energy: Energy, x: Tensor, cfg: LangevinConfig, log_weights: Tenso
         evals += 1
         log_ratio = (-e_new + e + _log_q(x, x_new, _drift(g_new, cfg), sigma)
                      - _log_q(x_new, x, drift, sigma))
+        mh = mh + torch.exp(log_ratio.clamp(max=0)).mean()
         if cfg.mala:
             accept = torch.rand(n, device=x.device).log() < log_ratio
             accepted = accepted + accept.float().mean()
@@ -239,4 +244,5 @@ def _langevin(energy: Energy, x: Tensor, cfg: LangevinConfig, log_weights: Tenso
             log_weights = log_weights + log_ratio
             x, e, g = x_new, e_new, g_new
     rate = accepted / cfg.n_steps if cfg.mala else None
-    return LangevinResult(x.detach(), log_weights, rate, evals * n)
+    return LangevinResult(x.detach(), log_weights, rate, evals * n,
+                          mh / cfg.n_steps if need_pair else None)

@@ -6,11 +6,15 @@ After every optimizer step ``θ_k → θ_{k+1}`` (``update(before, after)``) the
    (``delta: exact``) or ``∇_θE_{θ_{k+1}}·(θ_{k+1} − θ_k)`` (``delta: first_order``, the
    authors' code) and the potential ``φ`` fitted by the field (:mod:`pdebm.samplers.fields`:
    ``φ = c·δE``, or ``c₁δE + bᵀx + a|x − x̄|²`` for ``basis``), optionally as ``substeps``
-   moves of ``φ/S`` that re-evaluate ``∇ₓδE`` where the particles have got to;
+   moves of ``φ/S`` that re-evaluate ``∇ₓδE`` where the particles have got to, and with
+   ``max_substeps`` as many more guarded substeps as the Jacobian guard needs to make the
+   whole move (adaptive substeps);
 2. **reweighted** (``weights: true``), ``ℓ ← ℓ − E_{θ_{k+1}}(T(x)) + E_{θ_k}(x) + log|det ∇T(x)|``,
-   and resampled (systematic) when ``ESS/N < ess_threshold``;
+   checked (Pareto ``k̂`` of the weights, :func:`~pdebm.samplers.weights.pareto_k_hat`) and
+   resampled (systematic) when ``ESS/N < ess_threshold``;
 3. **corrected** by ``K`` Langevin steps aimed at ``θ_{k+1}`` (the shared kernel, which adds
-   the ULA weight increment; after a resampling these moves are the diversification);
+   the ULA weight increment; after a resampling these moves are the diversification; with
+   ``adapt_accept`` MALA's ``ε`` follows a target acceptance);
 4. partly **refreshed** with draws from the energy's (current) base distribution.
 
 Weights. The log-weights keep their absolute scale, ``w = exp(−E)/q`` for the particles'
@@ -48,6 +52,7 @@ Langevin as the kernel reports it.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import replace
 from typing import Any, Mapping
@@ -61,13 +66,18 @@ from pdebm.loss import negatives_grad_factor
 from pdebm.samplers.base import Sampler
 from pdebm.samplers.fields import make_field
 from pdebm.samplers.langevin import LangevinConfig, energy_and_grad, langevin
-from pdebm.samplers.weights import (Curvature, ExactCurvature, HutchinsonCurvature,
+from pdebm.samplers.weights import (PARETO_K_WARN, Curvature, ExactCurvature,
+                                    HutchinsonCurvature, distinct_fraction,
                                     effective_sample_size, jacobian_guard, logmeanexp,
-                                    systematic_resample)
+                                    pareto_k_hat, systematic_resample)
 
 DELTAS = ("exact", "first_order")
 LOGDETS = ("auto", "exact", "hutchinson")
 PARTICLE_INITS = ("auto", "exact", "burn_in")
+ADAPT_GAIN = 1.0
+"""Gain of the step-size adaptation: ``log ε`` moves by this times (acceptance − target) per update."""
+MOVE_TOL = 1e-6
+"""Adaptive substeps stop (on a planning update) once less than this fraction of the move is left."""
 EXACT_LOGDET_MAX_DIM = 10
 """``logdet: auto`` takes the full Hessian up to this data dimension and Hutchinson probes above."""
 SHORTCUT_RTOL = 1e-3
@@ -134,7 +144,18 @@ class ParticleSampler(Sampler):
             (exact up to :data:`EXACT_LOGDET_MAX_DIM` dimensions).
         n_probes: Rademacher probes per particle for Hutchinson.
         ess_threshold: resample when ``ESS/N`` falls below this (0: never).
-        substeps: split the transport into this many moves of ``c/S``.
+        substeps: split the transport into at least this many moves of ``c/S``.
+        max_substeps: adaptive substeps: where the Jacobian guard would shrink a move, the rest
+            of it is made by further guarded substeps, up to this many in all (``≤ substeps``:
+            no adaptation; the guard shrinks the move).
+        check_every: every this many updates (the first included) one update reads the
+            device diagnostics on the host: the Pareto ``k̂`` warning, and with adaptive
+            substeps the remaining move after each substep, which sets the substep count the
+            updates in between run (they read nothing on the host).
+        adapt_accept: adapt the MALA correction's ``ε`` after every update so that the mean
+            Metropolis–Hastings acceptance probability of its proposals approaches this target
+            (``None``: fixed ``ε``). MALA only (``langevin.mala: true``).
+        step_bounds: ``[lo, hi]`` for the adapted ``ε``.
         jacobian_bounds: ``[lo, hi]``, the range allowed for the eigenvalues of ``∇T`` (shrinks
             ``φ``; weighted: all eigenvalues, unweighted: the quadratic term's).
         power_iters: power iterations for the spectral-radius bound of ``∇²δE`` with Hutchinson.
@@ -151,6 +172,9 @@ class ParticleSampler(Sampler):
                  kernel: Mapping[str, Any] | None = None, refresh: float = 0.0, init: str = "auto",
                  burn_in: int = 1000, weights: bool = False, logdet: str = "auto",
                  n_probes: int = 1, ess_threshold: float = 0.5, substeps: int = 1,
+                 max_substeps: int = 1, check_every: int = 10,
+                 adapt_accept: float | None = None,
+                 step_bounds: tuple[float, float] = (1e-4, 1.0),
                  jacobian_bounds: tuple[float, float] = (0.8, 1.25), power_iters: int = 5,
                  loss_energy_reg: float = 0.0, reuse_loss_grad: bool = True,
                  shortcut_check_every: int = 100, refresh_steps: int = 0,
@@ -167,6 +191,8 @@ class ParticleSampler(Sampler):
         check(0 <= ess_threshold <= 1,
               f"sampler.ess_threshold must be in [0, 1], got {ess_threshold}")
         positive("sampler.substeps", substeps)
+        positive("sampler.check_every", check_every)
+        positive("sampler.max_substeps", max_substeps)
         bounds = tuple(float(b) for b in jacobian_bounds)
         check(len(bounds) == 2 and 0 < bounds[0] < 1 < bounds[1],
               f"sampler.jacobian_bounds must be [lo, hi] with 0 < lo < 1 < hi, got "
@@ -179,6 +205,28 @@ class ParticleSampler(Sampler):
         self.init, self.burn_in, self.weighted = init, int(burn_in), bool(weights)
         self.logdet, self.n_probes, self.ess_threshold = logdet, int(n_probes), ess_threshold
         self.substeps, self.jacobian_bounds = int(substeps), bounds
+        # below substeps it is substeps: no adaptation
+        self.max_substeps = max(int(max_substeps), self.substeps)
+        self.check_every = int(check_every)
+        self._planned = self.substeps     # substeps the last planning update needed
+        if adapt_accept is not None:
+            check(0 < adapt_accept < 1, f"sampler.adapt_accept must be in (0, 1), got {adapt_accept}")
+            check(self.kernel.mala,
+                  "sampler.adapt_accept needs langevin.mala=true (adapting ULA's ε to its "
+                  "would-be acceptance blew the particles up on stiff targets: docs/method.md)")
+        sb = tuple(float(b) for b in step_bounds)
+        check(len(sb) == 2 and 0 < sb[0] <= sb[1],
+              f"sampler.step_bounds must be [lo, hi] with 0 < lo <= hi, got {list(step_bounds)}")
+        self.adapt_accept, self.step_bounds = adapt_accept, sb
+        self._log_step: Tensor | None = None  # log ε of the adapted correction (device scalar)
+        self._step0 = float(self.kernel.step_size)
+        self._k_hat_sum: Tensor | None = None  # sum of k̂ since the last host check
+        self._k_hat_count = 0
+        self._warned_k_hat = False
+        if self.weighted and self.kernel.n_steps == 0 and ess_threshold > 0:
+            warnings.warn("sampler: n_steps=0 with resampling (ess_threshold > 0): a resampling "
+                          "only duplicates particles and nothing moves the copies apart")
+        self._move: tuple[Tensor, Tensor] | None = None  # (substeps run, fraction of the move made)
         self.power_iters = int(power_iters)
         self.loss_energy_reg = float(loss_energy_reg)
         self.reuse_loss_grad = bool(reuse_loss_grad)
@@ -224,6 +272,8 @@ class ParticleSampler(Sampler):
             x, log_det, c = self._transport(energy_before, energy_after)
         eig = self._eig
         stats = {"c": c, "displacement": (x - self.x).flatten(1).norm(dim=1).mean()}
+        if self._move is not None:
+            stats["substeps"], stats["move_fraction"] = self._move
         if eig is not None:
             stats["eig_min"], stats["eig_max"] = eig
         log_w = self.log_w
@@ -232,6 +282,7 @@ class ParticleSampler(Sampler):
                 log_w = (log_w - energy_after(x) + energy_before(self.x)
                          + log_det.to(log_w.dtype))
             stats["ess"] = effective_sample_size(log_w) / n
+            stats["k_hat"] = pareto_k_hat(log_w)
             # resample (systematic) when ESS/N < threshold, chosen on the device
             resample = stats["ess"] < self.ess_threshold
             idx = torch.where(resample, systematic_resample(log_w),
@@ -247,15 +298,22 @@ class ParticleSampler(Sampler):
         out = langevin(energy_after, x, self.kernel,
                        log_weights=log_w if self.weighted else None)
         self.grad_evals += out.grad_evals
+        if self.adapt_accept is not None and out.mh_rate is not None:
+            self._adapt_step(out.mh_rate)
+            stats["step_size"] = self._log_step.exp()
+        if out.mh_rate is not None:
+            stats["mh_rate"] = out.mh_rate
         if out.accept_rate is not None:
             stats["accept_rate"] = torch.as_tensor(out.accept_rate)
         if self._skipped is not None:
             stats["shortcut_skipped"] = self._skipped
             self._skipped = None
-        self._updates += 1
         x, log_w = self._refresh(energy_after, out.x, out.log_weights if self.weighted else log_w)
         if self.weighted:
             stats["ess_out"] = effective_sample_size(log_w) / n
+            self._watch_k_hat(stats["k_hat"])
+        stats["unique_frac"] = distinct_fraction(x)
+        self._updates += 1
         self.x, self.log_w, self._leaf = x.detach(), log_w.detach(), None
         self._stats = {k: v.detach() for k, v in stats.items()}
 
@@ -264,6 +322,8 @@ class ParticleSampler(Sampler):
 
         - ``c``: coefficient of ``δE`` in the potential actually applied (sum over substeps);
         - ``displacement``: mean ``|T(x) − x|``;
+        - ``substeps``: transport substeps run; ``move_fraction``: the fraction of the fitted
+          move they made (1 unless the guard held it back within ``max_substeps``);
         - ``eig_min``, ``eig_max`` (weighted): the extreme eigenvalues of ``∇T`` over all
           particles and substeps, after the guard (inside ``jacobian_bounds``; with
           Hutchinson, bounds from the spectral-radius estimate, not eigenvalues);
@@ -272,6 +332,12 @@ class ParticleSampler(Sampler):
         - ``ess_out`` (weighted): ESS/N of the negatives handed out next (after resampling,
           Langevin and refresh);
         - ``accept_rate``: MALA's acceptance rate;
+        - ``mh_rate`` (weighted or MALA): mean Metropolis–Hastings acceptance probability of the
+          correction's proposals; ``step_size``: the adapted ``ε`` (``adapt_accept``);
+        - ``k_hat`` (weighted): Pareto ``k̂`` of the reweighted particles' weights (before
+          resampling); above 0.7 the weighted estimates are unreliable whatever ESS says;
+        - ``unique_frac``: fraction of the negatives handed out that are not exact copies of
+          another (resampled copies that no move has separated);
         - ``shortcut_skipped`` (unweighted ``x.grad`` shortcut): particles not transported this
           update because neither ``x.grad`` nor a direct pass gave their ``∇E_θk`` (normally 0;
           see :meth:`_grad_before_on_device`).
@@ -282,10 +348,14 @@ class ParticleSampler(Sampler):
         return dict(self._stats)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "x": self.x, "log_w": self.log_w,
+        return {**super().state_dict(), **self._adaptive_state(), "x": self.x, "log_w": self.log_w,
                 "updates": self._updates, "shortcut_off": self._shortcut_off,
                 "untransported": self._untransported, "resamplings": self._resamplings,
                 "log_z_var": self._log_z_var}
+
+    def _adaptive_state(self) -> dict[str, Any]:
+        """The adaptive substeps' plan and the adapted ``log ε``, for checkpoints."""
+        return {"planned_substeps": self._planned, "log_step": self._log_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -293,6 +363,10 @@ class ParticleSampler(Sampler):
         # checkpoints written before these keys existed: the next update is a host check
         self._updates = int(state.get("updates", 0))
         self._shortcut_off = bool(state.get("shortcut_off", False))
+        self._planned = int(state.get("planned_substeps", self.substeps))
+        self._log_step = state.get("log_step")
+        if self._log_step is not None:
+            self.kernel = replace(self.kernel, step_size=self._log_step.exp())
         self._untransported = state.get("untransported", 0)
         self._resamplings = state.get("resamplings", 0)
         self._log_z_var = state.get("log_z_var", 0.0)
@@ -310,6 +384,36 @@ class ParticleSampler(Sampler):
         return {"resamplings": self._resamplings, "log_z_var": self._log_z_var}
 
     # ------------------------------------------------------------------------------- pieces
+    def _adapt_step(self, rate: Tensor) -> None:
+        """``log ε ← log ε + ADAPT_GAIN·(rate − target)``, clipped to ``step_bounds`` (device);
+        the correction's kernel then runs at that ``ε`` (a device scalar)."""
+        if self._log_step is None:
+            self._log_step = torch.tensor(math.log(self._step0), dtype=torch.float64,
+                                          device=rate.device)
+        lo, hi = self.step_bounds
+        rate = torch.nan_to_num(rate.double(), nan=0.0)  # a blown-up move counts as rejected
+        self._log_step = (self._log_step + ADAPT_GAIN * (rate - self.adapt_accept)
+                          ).clamp(math.log(lo), math.log(hi))
+        self.kernel = replace(self.kernel, step_size=self._log_step.exp())
+
+    def _watch_k_hat(self, k_hat: Tensor) -> None:
+        """Sum ``k̂`` on the device; every ``check_every``-th update read the mean over the
+        updates since the last check (one update's ``k̂`` is noisy: on healthy paths single
+        updates pass 0.7 a few percent of the time) and warn once, in one line, when it is above
+        :data:`PARETO_K_WARN`."""
+        k = k_hat.detach()
+        self._k_hat_sum = k if self._k_hat_sum is None else self._k_hat_sum + k
+        self._k_hat_count += 1
+        if self._updates % self.check_every == 0:
+            mean = float(self._k_hat_sum) / self._k_hat_count
+            if mean > PARETO_K_WARN and not self._warned_k_hat:
+                warnings.warn(f"sampler: Pareto k̂ of the importance weights averaged {mean:.2f} "
+                              f"over the last {self._k_hat_count} update(s) (> {PARETO_K_WARN}): "
+                              "the weighted negatives may miss mass that ESS/N cannot see "
+                              "(docs/method.md, \"What the sampler guarantees\")")
+                self._warned_k_hat = True
+            self._k_hat_sum, self._k_hat_count = None, 0
+
     def _initialise(self, energy: EnergyModel) -> None:
         """Draw the particles from the base and burn them in unless the model *is* the base.
 
@@ -338,28 +442,41 @@ class ParticleSampler(Sampler):
         x0 = self.x
         log_det = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
         c_total = torch.zeros((), dtype=torch.float64, device=x0.device)
+        self._move = None
         if self.field is None:
             return x0, log_det, c_total
         w_bar = torch.softmax(self.log_w, 0)
         shortcut = (self.reuse_loss_grad and self.delta == "exact" and not self.weighted
                     and not self._shortcut_off)
         x, potential, eig = x0, None, None
-        for step in range(self.substeps):
+        # adaptive substeps: each substep asks for min(remaining, 1/substeps) of the move and the
+        # guard grants a fraction of that; see _substep_count for how many substeps run
+        remaining = torch.ones((), dtype=torch.float64, device=x0.device)
+        n_sub, reads = self._substep_count()
+        used = 0
+        for step in range(n_sub):
+            if reads and step > 0 and float(remaining) <= MOVE_TOL:  # a planning update only
+                break
+            used += 1
             xs = x.detach().requires_grad_(True)
             if step == 0 and shortcut:
                 delta_e, grad = self._exact_delta_from_loss(before, after, x0)
             else:
                 delta_e, grad = self._delta(before, after, xs)
             if step == 0:
-                potential = self.field.potential(delta_e, grad, x0, w_bar).scaled(1 / self.substeps)
+                potential = self.field.potential(delta_e, grad, x0, w_bar)
             if self.weighted:
                 curvature = self._curvature(grad, xs)
                 h_low, h_high = curvature.bounds()
             else:  # no Hessian: only the quadratic term's (1 − 2a) is known
                 curvature, h_low = None, torch.zeros_like(log_det)
                 h_high = h_low
-            low, high = potential.hessian_range(h_low, h_high)
-            step_pot = potential.scaled(jacobian_guard(low, high, self.jacobian_bounds))
+            want = remaining.clamp(max=1.0 / self.substeps)
+            asked = potential.scaled(want)
+            low, high = asked.hessian_range(h_low, h_high)
+            granted = jacobian_guard(low, high, self.jacobian_bounds)
+            step_pot = asked.scaled(granted)
+            remaining = (remaining - want * granted).clamp_min(0)
             if curvature is not None:
                 log_det = log_det + curvature.logdet(step_pot.c, step_pot.a)
                 low, high = step_pot.hessian_range(h_low, h_high)
@@ -368,8 +485,26 @@ class ParticleSampler(Sampler):
                                                           torch.maximum(eig[1], e_max))
             x = (xs - step_pot.grad(xs, grad)).detach()
             c_total = c_total + step_pot.c
+        if reads:
+            self._planned = used
+        self._move = (torch.full((), float(used), dtype=torch.float64, device=x0.device),
+                      1 - remaining)
         self._eig = eig
         return x, log_det, c_total
+
+    def _substep_count(self) -> tuple[int, bool]:
+        """How many substeps this update runs, and whether it may read the remaining move on
+        the host to stop early. Without adaptation (``max_substeps == substeps``) always
+        ``substeps``. Else every ``check_every``-th update (the first included) is a planning
+        update: it runs substeps until the whole move is made (or ``max_substeps``), reading the
+        remaining fraction on the host after each, and the updates in between run that many
+        (no host read; a harder step then makes less than the whole move, which
+        ``move_fraction`` reports)."""
+        if self.max_substeps == self.substeps:
+            return self.substeps, False
+        if self._updates % self.check_every == 0:
+            return self.max_substeps, True
+        return max(self.substeps, self._planned), False
 
     def _delta(self, before: Energy, after: EnergyModel, xs: Tensor) -> tuple[Tensor, Tensor]:
         """``δE`` and ``∇ₓδE`` at the leaf ``xs``, keeping the graph when weighted (Hessians)."""

@@ -54,6 +54,17 @@ def systematic_resample(log_w: Tensor) -> Tensor:
     return torch.searchsorted(cdf, u).clamp_(max=n - 1)
 
 
+def distinct_fraction(x: Tensor) -> Tensor:
+    """The fraction of particles that are not exact copies of another (a random projection of
+    each particle, sorted; copies project to the same value). A device scalar, no host sync."""
+    flat = x.detach().flatten(1).double()
+    gen = torch.Generator(device="cpu").manual_seed(12345)
+    proj = flat @ torch.randn(flat.shape[1], 1, generator=gen, dtype=torch.float64).to(flat.device)
+    v = proj[:, 0].sort().values
+    distinct = 1 + (v[1:] != v[:-1]).sum()
+    return distinct.double() / x.shape[0]
+
+
 def symmetric_eigvals(h: Tensor) -> Tensor:
     """Ascending eigenvalues of symmetric ``(N, d, d)`` matrices. ``d ≤ 2`` in closed form
     (``m ∓ sqrt(((a − c)/2)² + b²)``, ``m = (a + c)/2``): ``torch.linalg.eigvalsh`` checks its
@@ -190,3 +201,53 @@ def jacobian_guard(hess_low: Tensor, hess_high: Tensor, bounds: tuple[float, flo
     shrink = torch.where(top > 0, (1 - lo) / top.clamp_min(tiny), one)      # 1 − α·top ≥ lo
     stretch = torch.where(bottom < 0, (hi - 1) / (-bottom).clamp_min(tiny), one)  # 1 − α·bottom ≤ hi
     return torch.clamp(torch.minimum(shrink, stretch), max=1.0)
+
+
+PARETO_K_WARN = 0.7
+"""Pareto ``k̂`` above which importance weights are unreliable (Vehtari et al., PSIS): the
+weights' tail is too heavy for the self-normalised estimate to converge at a usable rate."""
+
+
+FLAT_TAIL_LOG_RATIO = math.log(1.5)
+"""A tail whose largest weight is within this log-ratio of the threshold weight is reported as
+flat (``k̂ = −1``): the fit is scale-free and would read a narrow bounded tail (say, two
+mixture components weighted 1 : 1.05) as a heavy one, but such a tail cannot dominate."""
+PARETO_K_MAX = 5.0
+"""``pareto_k_hat`` is clipped here (a tail of exact copies of a few particles fits no GPD)."""
+
+
+def pareto_k_hat(log_w: Tensor, tail: int | None = None) -> Tensor:
+    """The shape ``k̂`` of a generalized Pareto fit to the largest weights (PSIS's diagnostic).
+
+    The tail is the ``M = min(N/5, 3√N)`` largest weights; their excesses over the next largest
+    weight are fitted by Zhang & Stephens' (2009) empirical-Bayes estimator with PSIS's weakly
+    informative prior (``k̂ ← (M k̂ + 5)/(M + 10)``). ``k̂ < 0.5``: finite variance; ``0.5–0.7``:
+    finite mean, slow convergence; ``> 0.7``: the weighted estimates cannot be trusted (ESS
+    cannot see this: it is computed from the same few weights). Shapes are fixed by ``N``
+    alone, so this is a device scalar (no host synchronisation); NaN when ``N < 25``, −1 when
+    the tail is flat (its largest weight within 1.5 × the threshold weight, e.g. all equal right
+    after a resampling; :data:`FLAT_TAIL_LOG_RATIO`), at most
+    :data:`PARETO_K_MAX`.
+    """
+    n = log_w.shape[0]
+    m = int(min(0.2 * n, 3 * math.sqrt(n))) if tail is None else min(int(tail), n - 1)
+    if m < 5:
+        return torch.full((), float("nan"), dtype=torch.float64, device=log_w.device)
+    top = torch.topk(log_w.double(), m + 1).values.flip(0)            # ascending, m + 1 values
+    w = torch.exp(top - top[-1])                                        # scaled, max 1
+    x = (w[1:] - w[0]).clamp_min(0)                                     # excesses, ascending
+    x = x + 1e-300                                                      # keep log1p(−b x) finite
+    m_est = 30 + int(math.sqrt(m))
+    j = torch.arange(1, m_est + 1, dtype=torch.float64, device=log_w.device)
+    b = 1 - torch.sqrt(m_est / (j - 0.5))
+    quartile = torch.maximum(x[int(m / 4 + 0.5) - 1], 1e-6 * x[-1])  # ties (copies) give 0
+    b = b / (3 * quartile) + 1 / x[-1]
+    k = torch.log1p(-b[:, None] * x[None, :]).mean(1)                  # (m_est,)
+    profile = m * (torch.log(-b / k) - k - 1)
+    weights = torch.softmax(profile, 0)
+    b_post = (b * weights).sum()
+    k_post = torch.log1p(-b_post * x).mean()
+    k_hat = (m * k_post + 10 * 0.5) / (m + 10)
+    flat = (top[-1] - top[0]) < FLAT_TAIL_LOG_RATIO
+    return torch.where(flat | ~torch.isfinite(k_hat), torch.full_like(k_hat, -1.0),
+                       k_hat.clamp(-1.0, PARETO_K_MAX))
