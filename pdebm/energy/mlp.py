@@ -29,9 +29,11 @@ class MLPEnergy(EnergyModel):
                  hidden: int = 300, depth: int = 3, activation: str = "silu",
                  zero_init_last: bool = True, learn_base: bool = True,
                  base_min_std: float = 1e-2, base_std_scale: float = 1.0,
-                 base: str = "gaussian") -> None:
+                 base: str = "gaussian", base_components: int = 5,
+                 base_reg: float = 1e-3) -> None:
         super().__init__(data_shape, data_mean, data_std, learn_base, base_min_std,
-                         base_std_scale, base=base)
+                         base_std_scale, base=base, base_components=base_components,
+                         base_reg=base_reg)
         check(base != "none" or not zero_init_last,
               "energy.base=none needs energy.zero_init_last=false: a zero network alone is a flat, "
               "unnormalisable energy")
