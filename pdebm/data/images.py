@@ -62,6 +62,9 @@ class ImageDataset(Dataset):
         n_test: keep only the first ``n_test`` test images (``None``: all).
         n_stats: at most this many (first) training images estimate the per-pixel mean/std
             that initialise the Gaussian base (``None``: all).
+        train_labels, test_labels: class labels aligned with ``train`` and ``test`` (optional),
+            kept as the int64 tensors :attr:`train_labels` / :attr:`test_labels` (``None`` when
+            absent); the FID classifier (:mod:`pdebm.metrics.classifier`) is trained on them.
     """
 
     levels: int
@@ -70,8 +73,12 @@ class ImageDataset(Dataset):
     def __init__(self, train: np.ndarray, test: np.ndarray, levels: int, seed: int = 0,
                  dequantize: bool = True, transform: str = "none", logit_lambda: float = 0.05,
                  n_train: int | None = None, n_test: int | None = None,
-                 n_stats: int | None = None, zca_shrinkage: float = 1e-4) -> None:
+                 n_stats: int | None = None, zca_shrinkage: float = 1e-4,
+                 train_labels: np.ndarray | None = None,
+                 test_labels: np.ndarray | None = None) -> None:
         one_of("dataset.transform", transform, TRANSFORMS)
+        self.train_labels = _labels(train_labels, len(train), n_train)
+        self.test_labels = _labels(test_labels, len(test), n_test)
         check(0.0 < float(logit_lambda) < 0.5,
               f"dataset.logit_lambda must be in (0, 0.5), got {logit_lambda}")
         train, test = _as_nchw(train), _as_nchw(test)
@@ -99,6 +106,11 @@ class ImageDataset(Dataset):
         self._pos = 0
 
     # ---------------------------------------------------------------- preprocessing
+    @property
+    def train_grey_levels(self) -> np.ndarray:
+        """The training images as stored: integer grey levels ``(N, C, H, W)`` uint8."""
+        return self._train
+
     @property
     def n_dims(self) -> int:
         """Dimensions per image ``D = C·H·W`` (the denominator of bits/dim)."""
@@ -233,13 +245,16 @@ class Digits(ImageDataset):
 
         check(0.0 < float(test_fraction) < 1.0,
               f"dataset.test_fraction must be in (0, 1), got {test_fraction}")
-        images = load_digits().images.astype(np.uint8)  # (1797, 8, 8), values 0..16
+        bunch = load_digits()
+        images = bunch.images.astype(np.uint8)  # (1797, 8, 8), values 0..16
         perm = np.random.default_rng(SPLIT_SEED).permutation(len(images))
         n_held = int(round(test_fraction * len(images)))
         train, test = images[perm[:-n_held]], images[perm[-n_held:]]
         super().__init__(train, test, levels=17, seed=seed, dequantize=dequantize,
                          transform=transform, logit_lambda=logit_lambda, n_train=n_train,
-                         n_test=n_test, n_stats=n_stats, zca_shrinkage=zca_shrinkage)
+                         n_test=n_test, n_stats=n_stats, zca_shrinkage=zca_shrinkage,
+                         train_labels=bunch.target[perm[:-n_held]],
+                         test_labels=bunch.target[perm[-n_held:]])
 
 
 # ------------------------------------------------------------------------ MNIST-style IDX sets
@@ -249,7 +264,8 @@ class MNIST(ImageDataset):
 
     ``root`` must hold ``train-images-idx3-ubyte`` and ``t10k-images-idx3-ubyte`` (or their
     ``.gz``), directly, under ``root/raw`` or under ``root/<Name>/raw`` (torchvision's layout).
-    Labels are not used. With ``download=true`` the four standard files are fetched into ``root``
+    Labels come from ``train-labels-idx1-ubyte`` / ``t10k-labels-idx1-ubyte`` next to the image
+    files when present (else :attr:`train_labels` is ``None``). With ``download=true`` the four standard files are fetched into ``root``
     as ``.gz`` when missing.
 
     Args:
@@ -263,6 +279,7 @@ class MNIST(ImageDataset):
     torchvision_name = "MNIST"
     default_subdir = "mnist"
     FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+    LABEL_FILES = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
     DOWNLOAD_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     MIRRORS: Sequence[str] = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -283,14 +300,16 @@ class MNIST(ImageDataset):
         self.root = Path(root).expanduser().absolute()
         if download:
             self.download()
-        train = self._load(self._find("train"))
-        test = self._load(self._find("test"))
+        train_path, test_path = self._find("train"), self._find("test")
+        train, test = self._load(train_path), self._load(test_path)
         check(train.shape[1:] == test.shape[1:],
               f"dataset.root={self.root}: training images are {train.shape[1:]}, "
               f"test images {test.shape[1:]}")
         super().__init__(train, test, levels=256, seed=seed, dequantize=dequantize,
                          transform=transform, logit_lambda=logit_lambda, n_train=n_train,
-                         n_test=n_test, n_stats=n_stats, zca_shrinkage=zca_shrinkage)
+                         n_test=n_test, n_stats=n_stats, zca_shrinkage=zca_shrinkage,
+                         train_labels=self._load_labels(train_path, "train", len(train)),
+                         test_labels=self._load_labels(test_path, "test", len(test)))
 
     def _dirs(self) -> list[Path]:
         return [self.root, self.root / "raw", self.root / self.torchvision_name / "raw"]
@@ -309,6 +328,18 @@ class MNIST(ImageDataset):
               f"{path}: expected uint8 images of shape (N, H, W), got {images.dtype} "
               f"{images.shape}")
         return images
+
+    def _load_labels(self, images: Path, split: str, n: int) -> np.ndarray | None:
+        """The split's labels from the IDX label file beside its image file (``None`` if absent)."""
+        name = self.LABEL_FILES[split]
+        path = next((p for p in (images.parent / name, images.parent / f"{name}.gz")
+                     if p.is_file()), None)
+        if path is None:
+            return None
+        labels = read_idx(path)
+        check(labels.shape == (n,), f"{path}: expected {n} labels for {images.name}, got shape "
+              f"{labels.shape}")
+        return labels
 
     def download(self) -> None:
         """Fetch the four standard ``.gz`` files into ``root`` (skipping files already there)."""
@@ -334,6 +365,15 @@ def _as_nchw(images: np.ndarray) -> np.ndarray:
     """``(N, H, W)`` → ``(N, 1, H, W)``; ``(N, C, H, W)`` unchanged."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
     return images[:, None] if images.ndim == 3 else images
+
+
+def _labels(labels: np.ndarray | None, n_images: int, n: int | None) -> Tensor | None:
+    """Labels as an int64 tensor aligned with the (first ``n``) images, or ``None``."""
+    if labels is None:
+        return None
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    check(len(labels) == n_images, f"{len(labels)} labels for {n_images} images")
+    return torch.from_numpy(labels[:n] if n is not None else labels)
 
 
 def _limit(images: np.ndarray, n: int | None, key: str, what: str) -> np.ndarray:
