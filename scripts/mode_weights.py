@@ -15,7 +15,10 @@ also be called another digit):
 
 For each it prints the recovered proportions of the classes (plus "other": any other predicted
 digit) and the total-variation distance to the target ``w/Σw`` (other: 0),
-``TV = ½ Σ |p̂ − p|``, per seed and as a mean over seeds. The first row labels the held-out test
+``TV = ½ Σ |p̂ − p|``, and "TV within": the same with the shares renormalised over the target
+classes (the weights' error apart from samples that look like no target class), per seed and as
+a mean over seeds. Reference rows: the subset's test images (true and classified labels) and the
+untrained model (its base: exact draws). The first row labels the held-out test
 images of the subset itself: the classifier's own error on real data sets the floor.
 
 Each run is a normal ``pdebm train`` (subprocess, one thread) in ``<out>/<sampler>/seed<s>``;
@@ -83,6 +86,13 @@ def proportions(pred: torch.Tensor, weights: torch.Tensor, classes: list[int]) -
 
 def tv(p: list[float], target: list[float]) -> float:
     return 0.5 * sum(abs(a - b) for a, b in zip(p, target))
+
+
+def tv_within(p: list[float], target: list[float]) -> float:
+    """TV between the class shares renormalised over the target classes (``other`` dropped):
+    the weights' error alone, apart from samples the classifier puts in no target class."""
+    q = [v / max(sum(p[:-1]), 1e-12) for v in p[:-1]]
+    return tv(q, target[:-1])
 
 
 @torch.no_grad()
@@ -170,38 +180,56 @@ def main(argv: list[str] | None = None) -> int:
     data_p = proportions(test_pred, torch.ones(len(test_pred)), classes)
     true_p = proportions(subset.test_labels, torch.ones(len(test_pred)), classes)
 
+    from pdebm.build import build_data_and_energy
+
+    torch.manual_seed(0)
+    _, initial = build_data_and_energy(cfg)  # the untrained model: its base, exactly
+    x0 = initial.sample_base(5000, generator=torch.Generator().manual_seed(0))
+    init_p = proportions(clf.net(subset.to_images(x0)).argmax(1), torch.ones(len(x0)), classes)
     results = {"classifier_test_accuracy": clf.test_accuracy, "target": target,
+               "initial_model": init_p,
                "test_images_true": true_p, "test_images_classified": data_p, "runs": []}
     names = [str(c) for c in classes] + ["other"]
     head = " / ".join(names)
     print(f"Classifier test accuracy (all {len(full.test)} held-out images, every class): "
           f"{clf.test_accuracy:.4f}\n")
-    print(f"| sampler | seed | negatives {head} | TV | model samples (AIS) {head} | TV | "
-          "AIS ESS/N | train s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| sampler | seed | negatives {head} | TV | TV within | model samples (AIS) {head} | "
+          "TV | TV within | AIS ESS/N | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     fmt = lambda p: " / ".join(f"{v:.3f}" for v in p)  # noqa: E731
-    print(f"| target | – | {fmt(target)} | 0 | | | | |")
+    print(f"| target | – | {fmt(target)} | 0 | 0 | | | | | |")
     print(f"| held-out images ({len(subset.test)}), true labels | – | {fmt(true_p)} | "
-          f"{tv(true_p, target):.3f} | | | | |")
-    print(f"| held-out images, classified | – | {fmt(data_p)} | {tv(data_p, target):.3f} | | | | |")
+          f"{tv(true_p, target):.3f} | {tv_within(true_p, target):.3f} | | | | | |")
+    print(f"| held-out images, classified | – | {fmt(data_p)} | {tv(data_p, target):.3f} | "
+          f"{tv_within(data_p, target):.3f} | | | | | |")
+    print(f"| initial model (its base, 5000 exact draws), classified | – | {fmt(init_p)} | "
+          f"{tv(init_p, target):.3f} | {tv_within(init_p, target):.3f} | | | | | |")
     summary: dict[str, list] = {}
     for s, seed, _ in jobs:
         r = analyse(out / s / f"seed{seed}", clf.net, args.ais_chains, args.n_temps, seed)
         r.update(sampler=s, seed=seed, negatives_tv=tv(r["negatives"], target),
-                 samples_tv=tv(r["samples"], target))
+                 samples_tv=tv(r["samples"], target),
+                 negatives_tv_within=tv_within(r["negatives"], target),
+                 samples_tv_within=tv_within(r["samples"], target))
         results["runs"].append(r)
         summary.setdefault(s, []).append(r)
         print(f"| {s} | {seed} | {fmt(r['negatives'])} | {r['negatives_tv']:.3f} | "
-              f"{fmt(r['samples'])} | {r['samples_tv']:.3f} | {r['samples_ess']:.3f} | "
+              f"{r['negatives_tv_within']:.3f} | {fmt(r['samples'])} | {r['samples_tv']:.3f} | "
+              f"{r['samples_tv_within']:.3f} | {r['samples_ess']:.3f} | "
               f"{r['wall_clock_s']:.0f} |", flush=True)
     print()
-    print("| sampler | seeds | negatives TV, mean (min–max) | model samples TV, mean (min–max) |")
-    print("|---|---|---|---|")
+    keys = ["negatives_tv", "negatives_tv_within", "samples_tv", "samples_tv_within"]
+    print("| sampler | seeds | negatives TV | negatives TV within | model samples TV | "
+          "model samples TV within |")
+    print("|---|---|---|---|---|---|")
     for s, rs in summary.items():
-        n_tv = [r["negatives_tv"] for r in rs]
-        m_tv = [r["samples_tv"] for r in rs]
-        print(f"| {s} | {len(rs)} | {statistics.mean(n_tv):.3f} ({min(n_tv):.3f}–{max(n_tv):.3f})"
-              f" | {statistics.mean(m_tv):.3f} ({min(m_tv):.3f}–{max(m_tv):.3f}) |")
+        cells = []
+        for k in keys:
+            v = [r[k] for r in rs]
+            cells.append(f"{statistics.mean(v):.3f} ({min(v):.3f}–{max(v):.3f})")
+        print(f"| {s} | {len(rs)} | " + " | ".join(cells) + " |")
+    print("\n(mean over seeds, min–max in brackets; TV within: shares renormalised over the "
+          "target classes)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
