@@ -72,12 +72,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_data_and_energy(cfg: DictConfig) -> tuple[Dataset, EnergyModel]:
+def build_data_and_energy(cfg: DictConfig,
+                          fit_base: bool = True) -> tuple[Dataset, EnergyModel]:
     """The dataset (seeded by the run) and the energy, with the values known only at run time
-    (data shape and statistics) filled in; shared by training and ``pdebm eval``."""
+    (data shape and statistics) filled in; shared by training and ``pdebm eval``. A base fitted
+    to data (``energy.base=mixture``) is fitted to the dataset's statistics images unless
+    ``fit_base`` is false (a checkpoint's state is loaded into it instead)."""
     dataset: Dataset = instantiate(cfg.dataset, seed=cfg.seed)
     energy: EnergyModel = instantiate(cfg.energy, data_shape=dataset.shape,
                                       data_mean=dataset.mean, data_std=dataset.std)
+    if energy.needs_base_fit:
+        check(hasattr(dataset, "statistics_images"),
+              f"energy.base=mixture is fitted to image data; dataset {type(dataset).__name__} "
+              "is not an image data set (use energy.base=gaussian)")
+        if fit_base:
+            energy.fit_base(dataset.statistics_images())
     return dataset, energy
 
 

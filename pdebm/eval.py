@@ -53,7 +53,7 @@ def rebuild(state: dict[str, Any], device: torch.device):
     check(isinstance(job, dict) and "dataset" in job and "energy" in job,
           "checkpoint has no stored run config (written by an older pdebm?)")
     job = OmegaConf.create(job)
-    dataset, energy = build_data_and_energy(job)
+    dataset, energy = build_data_and_energy(job, fit_base=False)  # the fit is in the state
     check(dataset.is_image, f"pdebm eval estimates likelihoods of image runs by AIS; this run was "
           f"trained on {tuple(dataset.shape)} data (dataset {job.dataset.get('name', '?')}), whose "
           "exact test NLL by grid quadrature is eval/test_nll in its final_metrics.json")

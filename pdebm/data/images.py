@@ -38,7 +38,7 @@ from torch import Tensor
 from pdebm.data.base import Dataset
 from pdebm.errors import check, one_of, positive
 from pdebm.data.idx import download_idx, find_idx, read_idx
-from pdebm.schema import Positive
+from pdebm.schema import NonNegative, Positive
 
 TRANSFORMS = ("none", "logit", "zca")
 LogitLambda = Annotated[float, Interval(gt=0, lt=0.5)]  # λ of the logit transform
@@ -65,6 +65,9 @@ class ImageDataset(Dataset):
         n_test: keep only the first ``n_test`` test images (``None``: all).
         n_stats: at most this many (first) training images estimate the per-pixel mean/std
             that initialise the Gaussian base (``None``: all).
+        classes: keep only the images of these classes (needs labels; ``None``: all).
+        class_weights: relative class frequencies of the kept images, one per class (``None``:
+            as many as the data has); see :func:`class_subset`.
         train_labels, test_labels: class labels aligned with ``train`` and ``test`` (optional),
             kept as the int64 tensors :attr:`train_labels` / :attr:`test_labels` (``None`` when
             absent); the FID classifier (:mod:`pdebm.metrics.classifier`) is trained on them.
@@ -79,8 +82,16 @@ class ImageDataset(Dataset):
                  n_test: Positive[int] | None = None, n_stats: Positive[int] | None = None,
                  zca_shrinkage: Positive[float] = 1e-4,
                  train_labels: np.ndarray | None = None,
-                 test_labels: np.ndarray | None = None) -> None:
+                 test_labels: np.ndarray | None = None,
+                 classes: Sequence[int] | None = None,
+                 class_weights: Sequence[float] | None = None) -> None:
         one_of("dataset.transform", transform, TRANSFORMS)
+        if classes is not None or class_weights is not None:
+            (train, train_labels), (test, test_labels) = (
+                class_subset(images, labels, classes, class_weights, split)
+                for images, labels, split in ((train, train_labels, "training"),
+                                              (test, test_labels, "test")))
+        self.classes = None if classes is None else [int(c) for c in classes]
         self.train_labels = _labels(train_labels, len(train), n_train)
         self.test_labels = _labels(test_labels, len(test), n_test)
         check(0.0 < float(logit_lambda) < 0.5,
@@ -244,7 +255,9 @@ class Digits(ImageDataset):
     def __init__(self, seed: int = 0, dequantize: bool = True, transform: Literal[TRANSFORMS] = "none",
                  logit_lambda: LogitLambda = 0.05, n_train: Positive[int] | None = None,
                  n_test: Positive[int] | None = None, n_stats: Positive[int] | None = None,
-                 test_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.2, zca_shrinkage: Positive[float] = 1e-4) -> None:
+                 test_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.2, zca_shrinkage: Positive[float] = 1e-4,
+                 classes: Sequence[NonNegative[int]] | None = None,
+                 class_weights: Sequence[Positive[float]] | None = None) -> None:
         from sklearn.datasets import load_digits
 
         check(0.0 < float(test_fraction) < 1.0,
@@ -258,7 +271,8 @@ class Digits(ImageDataset):
                          transform=transform, logit_lambda=logit_lambda, n_train=n_train,
                          n_test=n_test, n_stats=n_stats, zca_shrinkage=zca_shrinkage,
                          train_labels=bunch.target[perm[:-n_held]],
-                         test_labels=bunch.target[perm[-n_held:]])
+                         test_labels=bunch.target[perm[-n_held:]], classes=classes,
+                         class_weights=class_weights)
 
 
 # ------------------------------------------------------------------------ MNIST-style IDX sets
@@ -299,7 +313,8 @@ class MNIST(ImageDataset):
                  download: bool = False, dequantize: bool = True, transform: Literal[TRANSFORMS] = "none",
                  logit_lambda: LogitLambda = 0.05, n_train: Positive[int] | None = None,
                  n_test: Positive[int] | None = None, n_stats: Positive[int] | None = None,
-                 zca_shrinkage: Positive[float] = 1e-4) -> None:
+                 zca_shrinkage: Positive[float] = 1e-4, classes: Sequence[NonNegative[int]] | None = None,
+                 class_weights: Sequence[Positive[float]] | None = None) -> None:
         self.root, self.explicit_root = self.data_root(root)
         if download:
             self.download()
@@ -313,7 +328,8 @@ class MNIST(ImageDataset):
                          transform=transform, logit_lambda=logit_lambda, n_train=n_train,
                          n_test=n_test, n_stats=n_stats, zca_shrinkage=zca_shrinkage,
                          train_labels=self._load_labels(train_path, "train", len(train)),
-                         test_labels=self._load_labels(test_path, "test", len(test)))
+                         test_labels=self._load_labels(test_path, "test", len(test)),
+                         classes=classes, class_weights=class_weights)
 
     @classmethod
     def data_root(cls, root: str | os.PathLike | None) -> tuple[Path, bool]:
@@ -389,6 +405,40 @@ def _labels(labels: np.ndarray | None, n_images: int, n: int | None) -> Tensor |
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
     check(len(labels) == n_images, f"{len(labels)} labels for {n_images} images")
     return torch.from_numpy(labels[:n] if n is not None else labels)
+
+
+def class_subset(images: np.ndarray, labels: np.ndarray | None, classes: Sequence[int] | None,
+                 weights: Sequence[float] | None, split: str = "training"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The images of ``classes`` in the proportions ``weights`` (and their labels).
+
+    Every class keeps ``floor(s·w_c)`` of its images with the largest ``s`` the rarest class
+    (relative to its weight) allows, so the proportions are ``w_c/Σw`` up to one image per class;
+    the images kept per class and their interleaved order come from the fixed seed
+    :data:`SPLIT_SEED` (independent of the run's seed), so ``n_train``/``n_stats`` (first n)
+    keep the proportions too. Without ``weights`` every image of the classes is kept."""
+    check(classes is not None, "dataset.class_weights needs dataset.classes (one weight per class)")
+    check(labels is not None, f"dataset.classes: this data set has no labels for its {split} "
+          "images (MNIST-style sets need the *-labels-idx1-ubyte files beside the images)")
+    classes = [int(c) for c in classes]
+    check(len(classes) > 0 and len(set(classes)) == len(classes),
+          f"dataset.classes must be a non-empty list of distinct labels, got {classes}")
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    present = set(np.unique(labels).tolist())
+    missing = [c for c in classes if c not in present]
+    check(not missing, f"dataset.classes: no {split} images of class(es) {missing} "
+          f"(labels are {sorted(present)})")
+    rng = np.random.default_rng(SPLIT_SEED)
+    members = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    if weights is not None:
+        weights = [float(w) for w in weights]
+        check(len(weights) == len(classes),
+              f"dataset.class_weights needs one weight per class ({len(classes)}), got {weights}")
+        check(all(w > 0 for w in weights), f"dataset.class_weights must be positive, got {weights}")
+        scale = min(len(m) / w for m, w in zip(members, weights))
+        members = [m[:int(math.floor(scale * w + 1e-9))] for m, w in zip(members, weights)]
+    idx = rng.permutation(np.concatenate(members))
+    return images[idx], labels[idx]
 
 
 def _limit(images: np.ndarray, n: int | None, key: str, what: str) -> np.ndarray:

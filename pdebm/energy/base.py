@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from pdebm.errors import check, one_of
+from pdebm.errors import check, one_of, positive
 
 Energy = Callable[[Tensor], Tensor]
 
@@ -121,7 +121,81 @@ class GaussianBase(nn.Module):
         return self.unwhiten(eps).detach()
 
 
-BASES = ("gaussian", "none")
+class MixtureBase(nn.Module):
+    """A fixed Gaussian mixture ``Σ_k π_k N(μ_k, Σ_k)`` over the data shape (full covariances),
+    fitted to training images by scikit-learn's ``GaussianMixture`` (:meth:`fit`).
+
+    Everything is a buffer (nothing is learned; ``state_dict`` carries the fit, so a checkpoint
+    rebuilds the same base without refitting). ``log_prob`` uses the precision Cholesky factors
+    ``U_k`` (``Σ_k⁻¹ = U_k U_kᵀ``): ``log N(x; μ_k, Σ_k) = Σ log diag U_k − |(x − μ_k)ᵀU_k|²/2 −
+    D/2·log 2π``; ``sample`` draws a component, then ``μ_k + L_k ε`` with ``Σ_k = L_k L_kᵀ``.
+    Before :meth:`fit` the buffers are placeholders of the right shapes (what a checkpoint's
+    state is loaded into).
+
+    Args:
+        shape: the data shape (``D = prod(shape)``).
+        n_components: number of components ``K``.
+        reg_covar: ``reg_covar`` of the fit (added to every covariance's diagonal).
+    """
+
+    def __init__(self, shape: Sequence[int], n_components: int = 5,
+                 reg_covar: float = 1e-3) -> None:
+        super().__init__()
+        self._shape = torch.Size(int(s) for s in shape)
+        k, d = int(n_components), math.prod(self._shape)
+        self.n_components, self.reg_covar = k, float(reg_covar)
+        self.register_buffer("log_pi", torch.full((k,), -math.log(k)))
+        self.register_buffer("means", torch.zeros(k, d))
+        self.register_buffer("prec_chol", torch.eye(d).repeat(k, 1, 1))   # U_k
+        self.register_buffer("scale_tril", torch.eye(d).repeat(k, 1, 1))  # L_k
+        self.register_buffer("mu", torch.zeros(self._shape))  # the mixture's mean (device, shape)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._shape
+
+    @torch.no_grad()
+    def fit(self, x: Tensor, seed: int = 0) -> "MixtureBase":
+        """Fit the mixture to the points ``x`` (N, *shape) (k-means initialisation, fixed seed)."""
+        from sklearn.mixture import GaussianMixture
+
+        flat = x.detach().flatten(1).double().cpu().numpy()
+        check(len(flat) >= self.n_components,
+              f"energy.base_components={self.n_components} exceeds the {len(flat)} images the "
+              "base is fitted to")
+        g = GaussianMixture(self.n_components, covariance_type="full", reg_covar=self.reg_covar,
+                            random_state=seed, max_iter=200).fit(flat)
+        cov = torch.as_tensor(g.covariances_, dtype=torch.float64)
+        dev = self.means.device
+        self.log_pi.copy_(torch.as_tensor(g.weights_).log().float().to(dev))
+        self.means.copy_(torch.as_tensor(g.means_).float().to(dev))
+        self.prec_chol.copy_(torch.as_tensor(g.precisions_cholesky_).float().to(dev))
+        self.scale_tril.copy_(torch.linalg.cholesky(cov).float().to(dev))
+        self.mu.copy_((self.log_pi.exp()[:, None] * self.means).sum(0).reshape(self._shape))
+        return self
+
+    def component_log_prob(self, x: Tensor) -> Tensor:
+        """``log π_k + log N(x; μ_k, Σ_k)``, shape ``(N, K)``."""
+        d = x.flatten(1)[:, None, :] - self.means  # (N, K, D)
+        y = torch.einsum("nkd,kde->nke", d, self.prec_chol)
+        log_det = self.prec_chol.diagonal(dim1=1, dim2=2).log().sum(1)  # log |det U_k|
+        return (self.log_pi + log_det - 0.5 * y.pow(2).sum(2)
+                - 0.5 * d.shape[2] * math.log(2 * math.pi))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``log Σ_k π_k N(x; μ_k, Σ_k)``, shape ``(N,)``."""
+        return torch.logsumexp(self.component_log_prob(x), dim=1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` independent draws, shape ``(n, *shape)``."""
+        dev = self.means.device
+        k = torch.multinomial(self.log_pi.exp(), n, replacement=True, generator=generator)
+        eps = torch.randn((n, self.means.shape[1]), generator=generator, device=dev)
+        x = self.means[k] + torch.einsum("nde,ne->nd", self.scale_tril[k], eps)
+        return x.reshape(n, *self._shape).detach()
+
+
+BASES = ("gaussian", "mixture", "none")
 
 
 class EnergyModel(nn.Module):
@@ -142,14 +216,19 @@ class EnergyModel(nn.Module):
 
     def __init__(self, data_shape: Sequence[int], data_mean: Tensor, data_std: Tensor,
                  learn_base: bool = True, base_min_std: float = 1e-2,
-                 base_std_scale: float = 1.0, base: str = "gaussian") -> None:
+                 base_std_scale: float = 1.0, base: str = "gaussian",
+                 base_components: int = 5, base_reg: float = 1e-3) -> None:
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
         check(base in BASES, f"energy.base={base!r} is not one of {list(BASES)}")
         check(base_std_scale > 0, f"energy.base_std_scale must be > 0, got {base_std_scale}")
-        self.base: GaussianBase | None = None
+        self.base: GaussianBase | MixtureBase | None = None
         self.noise: GaussianBase | None = None
-        if base == "gaussian":
+        if base == "mixture":
+            positive("energy.base_components", base_components)
+            positive("energy.base_reg", base_reg)
+            self.base = MixtureBase(self.data_shape, int(base_components), float(base_reg))
+        elif base == "gaussian":
             self.base = GaussianBase(torch.as_tensor(data_mean).reshape(self.data_shape),
                                      torch.as_tensor(data_std).reshape(self.data_shape),
                                      learnable=learn_base, min_std=base_min_std,
@@ -162,6 +241,17 @@ class EnergyModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return (self.base if self.base is not None else self.noise).mu.device
+
+    @property
+    def needs_base_fit(self) -> bool:
+        """Whether the base is fitted to training data (``base: mixture``) before training."""
+        return isinstance(self.base, MixtureBase)
+
+    def fit_base(self, x: Tensor) -> None:
+        """Fit a data-fitted base (``base: mixture``) to the training points ``x``; no-op for the
+        other bases (their statistics come in through ``data_mean``/``data_std``)."""
+        if isinstance(self.base, MixtureBase):
+            self.base.fit(x)
 
     def network(self, x: Tensor) -> Tensor:
         """The network's output for ``x`` (``self.net(x)``; subclasses may run it faster)."""

@@ -100,7 +100,8 @@ class ConvEnergy(EnergyModel):
                  head: Literal[HEADS] = "flatten", spectral_norm: bool = True,
                  sn_iterations: Positive[int] = 1, zero_init_last: bool = True,
                  learn_base: bool = True, base_min_std: Positive[float] = 1e-2,
-                 base_std_scale: Positive[float] = 1.0, base: Literal[BASES] = "gaussian") -> None:
+                 base_std_scale: Positive[float] = 1.0, base: Literal[BASES] = "gaussian",
+                 base_components: Positive[int] = 5, base_reg: Positive[float] = 1e-3) -> None:
         shape = tuple(int(s) for s in data_shape)
         check(len(shape) == 3, f"energy=conv needs image data of shape (C, H, W), the dataset "
               f"has shape {shape}; use energy=mlp for vector data")
@@ -110,7 +111,7 @@ class ConvEnergy(EnergyModel):
         check(head in HEADS, f"energy.head={head!r} is not one of {list(HEADS)}")
         positive("energy.sn_iterations", sn_iterations)
         super().__init__(shape, data_mean, data_std, learn_base, base_min_std, base_std_scale,
-                         base)
+                         base, base_components, base_reg)
         c_in, h, w = shape
         layers: list[nn.Module] = []
         for c_out in channels:
@@ -154,7 +155,8 @@ class MNISTSmallConvEnergy(EnergyModel):
                  spectral_norm: bool = True, sn_iterations: Positive[int] = 1,
                  zero_init_last: bool = False, base: Literal[BASES] = "none",
                  learn_base: bool = True, base_min_std: Positive[float] = 1e-2,
-                 base_std_scale: Positive[float] = 1.0) -> None:
+                 base_std_scale: Positive[float] = 1.0,
+                 base_components: Positive[int] = 5, base_reg: Positive[float] = 1e-3) -> None:
         shape = tuple(int(s) for s in data_shape)
         check(shape[1:] == (28, 28) and shape[0] == 1,
               f"energy=mnist_small_conv is the authors' 28×28 network; the dataset has shape "
@@ -164,7 +166,7 @@ class MNISTSmallConvEnergy(EnergyModel):
               f"energy.activation={activation!r} is not one of ['swish', 'leaky_relu']")
         positive("energy.sn_iterations", sn_iterations)
         super().__init__(shape, data_mean, data_std, learn_base, base_min_std, base_std_scale,
-                         base)
+                         base, base_components, base_reg)
         specs = [(1, nc, 3, 1, 1), (nc, nc, 4, 2, 1), (nc, nc, 4, 2, 1), (nc, nc, 4, 2, 1),
                  (nc, nc, 3, 1, 0)]
         layers: list[nn.Module] = []

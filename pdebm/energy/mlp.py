@@ -30,9 +30,11 @@ class MLPEnergy(EnergyModel):
                  hidden: Positive[int] = 300, depth: Positive[int] = 3,
                  activation: Literal[tuple(ACTIVATIONS)] = "silu", zero_init_last: bool = True,
                  learn_base: bool = True, base_min_std: Positive[float] = 1e-2,
-                 base_std_scale: Positive[float] = 1.0, base: Literal[BASES] = "gaussian") -> None:
+                 base_std_scale: Positive[float] = 1.0, base: Literal[BASES] = "gaussian",
+                 base_components: Positive[int] = 5, base_reg: Positive[float] = 1e-3) -> None:
         super().__init__(data_shape, data_mean, data_std, learn_base, base_min_std,
-                         base_std_scale, base=base)
+                         base_std_scale, base=base, base_components=base_components,
+                         base_reg=base_reg)
         check(base != "none" or not zero_init_last,
               "energy.base=none needs energy.zero_init_last=false: a zero network alone is a flat, "
               "unnormalisable energy")

@@ -166,8 +166,9 @@ def ais_log_z(energy: EnergyModel, n_chains: int = 100, n_temps: int = 1000,
         seed: seed for a forked global RNG (module docstring); ``None``: the global stream.
         progress: show a tqdm bar over temperatures.
         prefix: config prefix used in error messages (e.g. ``eval.ais``).
-        start: the annealing start ``p₀`` (e.g. :func:`fit_gaussian` of the training data);
-            ``None``: the energy's own base (required for a base-less energy).
+        start: the annealing start ``p₀`` (e.g. :func:`fit_gaussian` of the training data, or a
+            :class:`~pdebm.energy.base.MixtureBase`, whose chains run unpreconditioned in model
+            coordinates); ``None``: the energy's own base (required for a base-less energy).
     """
     positive(f"{prefix}.n_chains", n_chains)
     start = start if start is not None else energy.base
@@ -183,6 +184,7 @@ def ais_log_z(energy: EnergyModel, n_chains: int = 100, n_temps: int = 1000,
     device = energy.device
     p0 = start.to(device)
     mu = p0.mu.detach()
+    precondition = precondition and isinstance(p0, GaussianBase)  # a mixture: model coordinates
 
     def to_x(z: Tensor) -> Tensor:
         """Chain coordinates → model space: ``μ + Lz`` (preconditioned) or ``μ + z``."""
@@ -201,9 +203,10 @@ def ais_log_z(energy: EnergyModel, n_chains: int = 100, n_temps: int = 1000,
 
     with eval_mode(energy), _seeded(seed, device), frozen_parameters(energy):  # ∇ₓ only
         # x₀ ~ p₀ in either coordinate system (z = x₀ − μ unpreconditioned)
-        z = torch.randn((n_chains, *mu.shape), device=device)
-        if not precondition:
-            z = p0.unwhiten(z) - mu
+        if precondition:
+            z = torch.randn((n_chains, *mu.shape), device=device)
+        else:  # the same draws as randn → unwhiten for a Gaussian p₀
+            z = p0.sample(n_chains) - mu
         log_w = torch.zeros(n_chains, dtype=torch.float64, device=device)
         # The adapted step size and the acceptance stay on the device (no host sync per
         # temperature): ``step`` is a float64 0-d tensor once adaptation starts.

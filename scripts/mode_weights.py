@@ -1,0 +1,239 @@
+#!/usr/bin/env python
+"""Mode weights: does a sampler's EBM recover the relative weights of separated classes?
+
+Trains each sampler (``--samplers``) on a class subset in known proportions (the preset
+``experiment=digits_modes``: digits 2, 3 and 6 in a 4:2:1 ratio, ``dataset.classes`` /
+``dataset.class_weights``), then labels with the data set's classifier
+(:mod:`pdebm.metrics.classifier`, trained on *all* the labelled training digits, so a sample may
+also be called another digit):
+
+* the sampler's own **negatives** at the end of training (weighted by their self-normalised
+  importance weights where the sampler carries them), and
+* **model samples**: the final states of AIS chains started from the model's own base
+  (``--ais-chains`` chains, ``--n-temps`` temperatures), weighted by their AIS weights, so they
+  are samples of the trained density itself and not of the sampler's history.
+
+For each it prints the recovered proportions of the classes (plus "other": any other predicted
+digit) and the total-variation distance to the target ``w/Σw`` (other: 0),
+``TV = ½ Σ |p̂ − p|``, and "TV within": the same with the shares renormalised over the target
+classes (the weights' error apart from samples that look like no target class), per seed and as
+a mean over seeds. Reference rows: the subset's test images (true and classified labels) and the
+untrained model (its base: exact draws). The first row labels the held-out test
+images of the subset itself: the classifier's own error on real data sets the floor.
+
+Each run is a normal ``pdebm train`` (subprocess, one thread) in ``<out>/<sampler>/seed<s>``;
+a run whose ``checkpoints/last.pt`` is at its last step is reused.
+
+    python scripts/mode_weights.py --seeds 0 1 2 --jobs 2
+    python scripts/mode_weights.py --seeds 0 --samplers particle pcd steps=100   # key=value: overrides
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+SAMPLERS = ["particle", "particle_paper", "pcd", "sgld"]
+
+
+def train_run(run_dir: Path, overrides: list[str], log) -> float:
+    """``pdebm train`` into ``run_dir`` unless it has finished there; returns its wall time."""
+    from pdebm import checkpoint
+
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.is_file():
+        state = checkpoint.load(last)
+        want = state["config"]
+        if state["step"] >= int(want["steps"]) and (run_dir / "overrides.json").is_file() and \
+                json.loads((run_dir / "overrides.json").read_text()) == overrides:
+            return float(state.get("wall_clock", float("nan")))
+    if run_dir.exists():
+        raise SystemExit(f"pdebm: error: {run_dir} exists but is not this finished run; "
+                         "remove it or choose another --out")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pdebm.cli", "train", *overrides, "num_threads=1",
+           "progress=false", f"hydra.run.dir={run_dir}"]
+    log(f"train {' '.join(overrides)}")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"pdebm: error: training failed ({' '.join(overrides)}):\n"
+                         f"{res.stderr.strip().splitlines()[-1] if res.stderr.strip() else ''}")
+    (run_dir / "overrides.json").write_text(json.dumps(overrides))
+    return float(checkpoint.load(last).get("wall_clock", float("nan")))
+
+
+def proportions(pred: torch.Tensor, weights: torch.Tensor, classes: list[int]) -> list[float]:
+    """Weighted share of each class, then of "other" (any other label)."""
+    w = weights.double() / weights.double().sum()
+    shares = [float(w[pred == c].sum()) for c in classes]
+    return shares + [max(0.0, 1.0 - sum(shares))]
+
+
+def tv(p: list[float], target: list[float]) -> float:
+    return 0.5 * sum(abs(a - b) for a, b in zip(p, target))
+
+
+def tv_within(p: list[float], target: list[float]) -> float:
+    """TV between the class shares renormalised over the target classes (``other`` dropped):
+    the weights' error alone, apart from samples the classifier puts in no target class."""
+    q = [v / max(sum(p[:-1]), 1e-12) for v in p[:-1]]
+    return tv(q, target[:-1])
+
+
+@torch.no_grad()
+def analyse(run_dir: Path, classifier, n_chains: int, n_temps: int, seed: int) -> dict:
+    """Classifier-labelled negatives and AIS model samples of one finished run."""
+    from pdebm import checkpoint
+    from pdebm.build import _to
+    from pdebm.config import instantiate
+    from pdebm.eval import rebuild
+    from pdebm.metrics.ais import ais_log_z
+    from pdebm.samplers.langevin import LangevinConfig
+
+    state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    cfg = OmegaConf.create(state["config"])
+    torch.manual_seed(seed)
+    dataset, energy = rebuild(state, torch.device("cpu"))
+    sampler = instantiate(cfg.sampler)
+    sampler.load_state_dict(_to(state["sampler"], torch.device("cpu")))
+    with torch.enable_grad():
+        x, log_w = sampler.negatives(energy)
+    x, w_neg = x.detach(), torch.softmax(log_w.detach().double(), 0)
+    ais = ais_log_z(energy, n_chains=n_chains, n_temps=n_temps,
+                    kernel=LangevinConfig(n_steps=1, step_size=0.1, mala=True), seed=seed)
+    w_ais = torch.softmax(ais.log_weights.double(), 0)
+
+    def labels(z: torch.Tensor) -> torch.Tensor:
+        return classifier(dataset.to_images(z.cpu())).argmax(1)
+
+    classes = [int(c) for c in cfg.dataset.classes]
+    return {"classes": classes, "negatives": proportions(labels(x), w_neg, classes),
+            "negatives_ess": float(1.0 / w_neg.pow(2).sum()) / len(w_neg),
+            "samples": proportions(labels(ais.samples), w_ais, classes),
+            "samples_ess": ais.ess / n_chains, "log_z": ais.log_z,
+            "wall_clock_s": float(state.get("wall_clock", float("nan")))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="digits_modes", help="experiment preset (default "
+                        "digits_modes: digits 2, 3, 6 at 4:2:1)")
+    parser.add_argument("--samplers", nargs="+", default=SAMPLERS,
+                        help=f"sampler options (default: {' '.join(SAMPLERS)}); trailing "
+                             "key=value words are overrides for every run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="trainings at a time")
+    parser.add_argument("--ais-chains", type=int, default=500, help="AIS chains per model")
+    parser.add_argument("--n-temps", type=int, default=300, help="AIS temperatures")
+    parser.add_argument("--out", default="outputs/mode_weights", help="run directories")
+    parser.add_argument("--json", default=None, help="also write the numbers to this file")
+    args = parser.parse_args(argv)
+    samplers = [s for s in args.samplers if "=" not in s]
+    overrides = [s for s in args.samplers if "=" in s]
+    if args.jobs < 1 or args.ais_chains < 2 or args.n_temps < 1:
+        print("pdebm: error: --jobs and --n-temps must be >= 1, --ais-chains >= 2",
+              file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    if not out.is_absolute():
+        out = ROOT / out
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    jobs = [(s, seed, [f"experiment={args.preset}", f"sampler={s}", f"seed={seed}", *overrides])
+            for s in samplers for seed in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(lambda j: train_run(out / j[0] / f"seed{j[1]}", j[2], log), jobs))
+
+    from pdebm.config import compose_config, instantiate
+    from pdebm.data.images import Digits
+    from pdebm.metrics.classifier import accuracy, classifier_for
+
+    cfg = compose_config([f"experiment={args.preset}", *overrides])
+    subset = instantiate(cfg.dataset, seed=0)
+    full = instantiate(OmegaConf.merge(cfg.dataset, {"classes": None, "class_weights": None}),
+                       seed=0)
+    clf = classifier_for(full)
+    log(f"classifier: test accuracy {clf.test_accuracy:.4f} on all {len(full.test)} held-out "
+        f"images of {full.name}")
+    classes = [int(c) for c in subset.classes]
+    weights = [float(w) for w in cfg.dataset.class_weights]
+    target = [w / sum(weights) for w in weights] + [0.0]
+    test_pred = clf.net(subset.to_images(subset.test)).argmax(1)
+    data_p = proportions(test_pred, torch.ones(len(test_pred)), classes)
+    true_p = proportions(subset.test_labels, torch.ones(len(test_pred)), classes)
+
+    from pdebm.build import build_data_and_energy
+
+    torch.manual_seed(0)
+    _, initial = build_data_and_energy(cfg)  # the untrained model: its base, exactly
+    x0 = initial.sample_base(5000, generator=torch.Generator().manual_seed(0))
+    init_p = proportions(clf.net(subset.to_images(x0)).argmax(1), torch.ones(len(x0)), classes)
+    results = {"classifier_test_accuracy": clf.test_accuracy, "target": target,
+               "initial_model": init_p,
+               "test_images_true": true_p, "test_images_classified": data_p, "runs": []}
+    names = [str(c) for c in classes] + ["other"]
+    head = " / ".join(names)
+    print(f"Classifier test accuracy (all {len(full.test)} held-out images, every class): "
+          f"{clf.test_accuracy:.4f}\n")
+    print(f"| sampler | seed | negatives {head} | TV | TV within | model samples (AIS) {head} | "
+          "TV | TV within | AIS ESS/N | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    fmt = lambda p: " / ".join(f"{v:.3f}" for v in p)  # noqa: E731
+    print(f"| target | – | {fmt(target)} | 0 | 0 | | | | | |")
+    print(f"| held-out images ({len(subset.test)}), true labels | – | {fmt(true_p)} | "
+          f"{tv(true_p, target):.3f} | {tv_within(true_p, target):.3f} | | | | | |")
+    print(f"| held-out images, classified | – | {fmt(data_p)} | {tv(data_p, target):.3f} | "
+          f"{tv_within(data_p, target):.3f} | | | | | |")
+    print(f"| initial model (its base, 5000 exact draws), classified | – | {fmt(init_p)} | "
+          f"{tv(init_p, target):.3f} | {tv_within(init_p, target):.3f} | | | | | |")
+    summary: dict[str, list] = {}
+    for s, seed, _ in jobs:
+        r = analyse(out / s / f"seed{seed}", clf.net, args.ais_chains, args.n_temps, seed)
+        r.update(sampler=s, seed=seed, negatives_tv=tv(r["negatives"], target),
+                 samples_tv=tv(r["samples"], target),
+                 negatives_tv_within=tv_within(r["negatives"], target),
+                 samples_tv_within=tv_within(r["samples"], target))
+        results["runs"].append(r)
+        summary.setdefault(s, []).append(r)
+        print(f"| {s} | {seed} | {fmt(r['negatives'])} | {r['negatives_tv']:.3f} | "
+              f"{r['negatives_tv_within']:.3f} | {fmt(r['samples'])} | {r['samples_tv']:.3f} | "
+              f"{r['samples_tv_within']:.3f} | {r['samples_ess']:.3f} | "
+              f"{r['wall_clock_s']:.0f} |", flush=True)
+    print()
+    keys = ["negatives_tv", "negatives_tv_within", "samples_tv", "samples_tv_within"]
+    print("| sampler | seeds | negatives TV | negatives TV within | model samples TV | "
+          "model samples TV within |")
+    print("|---|---|---|---|---|---|")
+    for s, rs in summary.items():
+        cells = []
+        for k in keys:
+            v = [r[k] for r in rs]
+            cells.append(f"{statistics.mean(v):.3f} ({min(v):.3f}–{max(v):.3f})")
+        print(f"| {s} | {len(rs)} | " + " | ".join(cells) + " |")
+    print("\n(mean over seeds, min–max in brackets; TV within: shares renormalised over the "
+          "target classes)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
