@@ -6,7 +6,8 @@ trainer. (The periodic ``eval/*`` metrics during training are :mod:`pdebm.monito
 evaluation never depends on today's defaults) and the trained weights are loaded into them.
 
 Everything is written into the evaluated run's directory, next to its training summaries:
-``ais.json`` (the numbers and the settings that produced them), ``samples_ais.png``, and a new
+``ais.json`` (the numbers and the settings that produced them, with FID/KID of the AIS chains'
+final states against the held-out images), ``samples_ais.png``, and a new
 TensorBoard event file with the scalars ``ais/<key>`` and the image ``samples/ais`` at the
 checkpoint's step. The grid shows the AIS chains' final states: each has gone through every
 temperature's transitions from the base, so they are long-run (annealed) samples of the model.
@@ -79,6 +80,8 @@ def validate(cfg: DictConfig) -> None:
     positive("shrinkage", cfg.shrinkage, allow_zero=True)
     check(cfg.convergence_factor is None or int(cfg.convergence_factor) >= 2,
           f"convergence_factor must be >= 2 or null, got {cfg.convergence_factor}")
+    check(isinstance(cfg.fid, bool), f"fid must be true or false, got {cfg.fid!r}")
+    positive("fid_reference", cfg.fid_reference)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -133,6 +136,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                          "rests on a few chains and is not trustworthy (more n_temps or n_chains)")
     if len(results) > 1:
         scalars["log_likelihood_change"] = results[-1].log_likelihood - results[0].log_likelihood
+    if cfg.fid:  # sample quality of the model's own long-run (annealed) samples
+        from pdebm.metrics.fid import image_score_for
+
+        r = image_score_for(dataset, n_reference=int(cfg.fid_reference),
+                            seed=int(cfg.seed))(dataset.to_images(result.samples.cpu()))
+        scalars.update(fid=r["fid"], kid=r["kid"], kid_std=r["kid_std"])
     report = {"checkpoint": str(ckpt.resolve()), "step": step, "n_test": len(x_test),
               "n_dims": result.n_dims, "n_temps": temps[-1],
               "final_step_size": result.ais.step_size,
@@ -179,6 +188,8 @@ def main(cfg: DictConfig) -> None:
           f"{report['log_likelihood']:.2f} ± {report['log_likelihood_se']:.2f} nats, "
           f"{report['bits_per_dim']:.4f} bits/dim (log Z {report['log_z']:.2f} ± "
           f"{report['log_z_se']:.2f}; ESS/N {report['ess_fraction']:.3f}; {steps}; start "
-          f"Gaussian {report['start_log_likelihood']:.2f}); wrote {out / RESULTS}")
+          f"Gaussian {report['start_log_likelihood']:.2f}"
+          + (f"; samples FID {report['fid']:.3g}" if "fid" in report else "")
+          + f"); wrote {out / RESULTS}")
     for w in report["warnings"]:
         print(f"pdebm: warning: {w}", file=sys.stderr)

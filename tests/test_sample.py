@@ -107,3 +107,13 @@ def test_sample_of_a_2d_run_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="draws image grids") as err:
         sample(sample_cfg(f"run={tmp_path / 'run2d'}", "progress=false"))
     assert "\n" not in str(err.value) and not (tmp_path / "run2d" / "sample").exists()
+
+
+def test_eval_scores_the_ais_samples(run):
+    from pdebm.eval import evaluate
+
+    report = evaluate(compose_config([f"run={run}", "n_chains=8", "n_temps=5", "n_samples_grid=8",
+                                      "progress=false", "n_test=50"], config_name="eval"))
+    assert report["fid"] > 0 and "kid" in report
+    saved = json.loads((run / "ais.json").read_text())
+    assert saved["fid"] == report["fid"]
