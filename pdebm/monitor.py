@@ -63,19 +63,24 @@ class Monitor:
         self.mmd_data = dataset.test[:mmd_points]
         scale = median_distance(self.mmd_data)
         self.bandwidths = [b * scale for b in mmd_bandwidths]
-        self.score, self.classifier_accuracy = None, None
+        self.score, self.classifier_accuracy, self._make_score = None, None, None
         if fid and dataset.is_image:
-            from pdebm.metrics.classifier import classifier_for
+            from pdebm.metrics.classifier import classifier_for, require_labels
             from pdebm.metrics.fid import ImageScore
 
             positive("eval.fid_reference", fid_reference)
             positive("eval.kid_subsets", kid_subsets)
             positive("eval.kid_subset_size", kid_subset_size)
-            trained = classifier_for(dataset)
-            self.classifier_accuracy = trained.test_accuracy
-            self.score = ImageScore(trained.net, dataset.to_images(dataset.test[:fid_reference]),
-                                    kid_subsets=int(kid_subsets),
-                                    kid_subset_size=int(kid_subset_size), seed=seed)
+            require_labels(dataset)
+
+            def score() -> ImageScore:  # built at the first evaluation, not when the run is
+                trained = classifier_for(dataset)  # built (training it takes a while once)
+                self.classifier_accuracy = trained.test_accuracy
+                return ImageScore(trained.net, dataset.to_images(dataset.test[:fid_reference]),
+                                  kid_subsets=int(kid_subsets),
+                                  kid_subset_size=int(kid_subset_size), seed=seed)
+
+            self._make_score = score
 
     @torch.no_grad()
     def __call__(self, energy: EnergyModel, x: Tensor, log_w: Tensor, step: int,
@@ -123,6 +128,8 @@ class Monitor:
                 s["test_ll_particles_se"] = s.pop("log_z_particles_se")
                 s["test_bpd_particles"] = (-float(ll) + ds.n_dims * math.log(ds.levels)) / (
                     ds.n_dims * math.log(2))
+            if self.score is None and self._make_score is not None:
+                self.score = self._make_score()
             if self.score is not None:  # weighted negatives: scored as the distribution they stand for
                 from pdebm.metrics.fid import weighted_pick
 

@@ -20,7 +20,8 @@ LAYERS = {  # top to bottom; a module's layer is that of the first pattern its n
     "run": ["pdebm.rundir", "pdebm.build", "pdebm.step", "pdebm.runlog", "pdebm.monitor", "pdebm.stop",
             "pdebm.checkpoint", "pdebm.resume", "pdebm.checkpoint_diff", "pdebm.diverge",
             "pdebm.progress", "pdebm.validate", "pdebm.hostsync"],
-    "science": ["pdebm.samplers", "pdebm.metrics", "pdebm.loss", "pdebm.grid", "pdebm.figures"],
+    "science": ["pdebm.samplers", "pdebm.metrics", "pdebm.loss", "pdebm.grid", "pdebm.figures",
+                "pdebm.prescribed"],
     "models": ["pdebm.energy", "pdebm.data", "pdebm.schedules"],
     "ground": ["pdebm.config", "pdebm.errors", "pdebm.io", "pdebm.schema", "pdebm"],
 }

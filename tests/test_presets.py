@@ -19,7 +19,7 @@ SAMPLERS = options("sampler")
 SMALL = ["batch_size=32", "sampler.n_samples=32", "eval.resolution=50", "eval.mmd_points=32",
          "progress=false", "num_threads=1"]
 # Small sizes for the keys an option has (set only where the chosen option has them).
-SIZES = {"dataset": {"n_train": 64, "n_test": 100, "n_stats": 200}, "energy": {"hidden": 16}}
+SIZES = {"dataset": {"n_train": 64, "n_test": 64, "n_stats": 200}, "energy": {"hidden": 16}}
 
 
 def test_the_grid_covers_every_option():

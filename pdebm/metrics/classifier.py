@@ -179,17 +179,24 @@ def _test_accuracy(net: Classifier, dataset) -> float:
     return accuracy(net, dataset.to_images(dataset.test), dataset.test_labels)
 
 
+def require_labels(dataset):
+    """The training labels of an image data set, or one ConfigError line saying why there is no
+    classifier (checked when a run is built, before the classifier is trained at its first use)."""
+    check(getattr(dataset, "is_image", False), "FID needs an image data set")
+    labels = getattr(dataset, "train_labels", None)
+    check(labels is not None, f"dataset {dataset.name}: no labels found, so there is no classifier "
+          "for FID/KID (MNIST-style sets need train-labels-idx1-ubyte beside the images; or set "
+          "eval.fid=false)")
+    return labels
+
+
 def classifier_for(dataset, config: ClassifierConfig = ClassifierConfig(),
                    cache: bool = True) -> TrainedClassifier:
     """The (cached) classifier of an image data set with labels (``dataset.train_labels``).
 
     Looks for ``<cache dir>/classifier-<name>-<key>.pt``; trains and writes it (atomically) when
     absent. The test accuracy on ``dataset.test`` is measured every time (a forward pass)."""
-    check(getattr(dataset, "is_image", False), "FID needs an image data set")
-    labels = getattr(dataset, "train_labels", None)
-    check(labels is not None, f"dataset {dataset.name}: no labels found, so there is no classifier "
-          "for FID/KID (MNIST-style sets need train-labels-idx1-ubyte beside the images; or set "
-          "eval.fid=false)")
+    labels = require_labels(dataset)
     train = dataset.train_grey_levels
     key = content_key(dataset.name, train, labels.numpy(), dataset.levels, config)
     path = cache_dir() / f"classifier-{dataset.name}-{key}.pt"
