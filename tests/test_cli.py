@@ -50,7 +50,11 @@ def test_help_lists_commands(tmp_path):
     assert r.returncode == 0 and "batch_size:" in r.stdout
 
 
-@pytest.mark.parametrize("sampler", sorted(FAST_SAMPLER))
+CORE_SAMPLERS = {"sgld", "pcd", "exact", "particle", "particle_unweighted", "particle_paper"}
+
+
+@pytest.mark.parametrize("sampler", [  # the other options run with -m slow (same code paths)
+    s if s in CORE_SAMPLERS else pytest.param(s, marks=pytest.mark.slow) for s in sorted(FAST_SAMPLER)])
 def test_train_writes_events_figure_hparams_checkpoint(tmp_path, sampler):
     r = run_cli(["train", *TINY_2D, *FAST_SAMPLER[sampler]], tmp_path)
     assert r.returncode == 0, r.stderr

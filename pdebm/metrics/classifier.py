@@ -211,7 +211,8 @@ def classifier_for(dataset, config: ClassifierConfig = ClassifierConfig(),
             logger.warning("cached classifier %s unreadable (%s): training it again", path, e)
     logger.info("training the FID classifier for %s (%d images)", dataset.name,
                 min(len(train), config.max_train))
-    net = train_classifier(train, labels.numpy(), dataset.levels, config)
+    with torch.enable_grad():  # also when called from an evaluation under no_grad
+        net = train_classifier(train, labels.numpy(), dataset.levels, config)
     acc = _test_accuracy(net, dataset)
     if cache:
         buf = io.BytesIO()
