@@ -314,3 +314,43 @@ def test_ais_log_likelihood_gaussian_and_digits(digits):
 
 def test_image_dataset_is_a_dataset():
     assert issubclass(Digits, ImageDataset) and issubclass(FashionMNIST, MNIST)
+
+
+@pytest.mark.parametrize("target", ["pdebm.energy.mlp.MLPEnergy", "pdebm.energy.conv.ConvEnergy"])
+def test_output_bound_keeps_the_network_within_b_of_the_base(target):
+    """``energy.output_bound=b``: the zero-initialised model is still exactly its base, and however
+    large the network's raw output, ``|E + log base| ≤ b`` (without the bound it runs past b)."""
+    from hydra.utils import get_class
+
+    shape = (1, 8, 8)
+    cls = get_class(target)
+    kw = dict(data_shape=shape, data_mean=torch.zeros(shape), data_std=torch.ones(shape),
+              learn_base=False)
+    bounded, free = cls(**kw, output_bound=3.0), cls(**kw)
+    x = torch.randn(16, *shape)
+    base = -bounded.base_log_prob(x)
+    assert torch.allclose(bounded(x), base)  # zero last layer: the base, bound or not
+    free.load_state_dict(bounded.state_dict())
+    with torch.no_grad():
+        for m in (bounded, free):
+            last = [p for p in m.net.parameters()][-2:]  # the last layer's weight and bias
+            last[0].fill_(5.0), last[1].fill_(-50.0)
+    f_bounded, f_free = bounded(x) - base, free(x) - base
+    assert (f_bounded.abs() <= 3.0 + 1e-5).all()
+    assert (f_free.abs() > 3.0).any()
+    with pytest.raises(ConfigError, match="energy.output_bound"):
+        cls(**kw, output_bound=0.0)
+
+
+def test_mlp_spectral_norm_normalises_every_hidden_layer_not_the_last():
+    from pdebm.energy.mlp import MLPEnergy
+
+    shape = (1, 8, 8)
+    energy = MLPEnergy(shape, torch.zeros(shape), torch.ones(shape), hidden=32, depth=2,
+                       spectral_norm=True, zero_init_last=False)
+    linears = [m for m in energy.net if isinstance(m, torch.nn.Linear)]
+    for layer in linears[:-1]:  # W / σ̂(W): spectral norm 1 (30 power iterations at construction)
+        assert abs(float(torch.linalg.matrix_norm(layer.weight, ord=2)) - 1.0) < 1e-3
+    assert not hasattr(linears[-1], "parametrizations")
+    plain = MLPEnergy(shape, torch.zeros(shape), torch.ones(shape), hidden=32, depth=2)
+    assert not any(hasattr(m, "parametrizations") for m in plain.net)

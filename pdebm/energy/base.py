@@ -203,6 +203,9 @@ class EnergyModel(nn.Module):
     ``E(x) = net(x)`` (``base: none``, the authors' image energies).
 
     Subclasses build ``self.net`` (a module mapping ``(N, *shape)`` to ``(N,)`` or ``(N, 1)``).
+    ``output_bound = b`` passes the network's output through ``b·tanh(f/b)``: the identity near
+    zero, never beyond ``±b``, so the model's density stays within ``e^{±b}`` of its base's (up to
+    normalisation) and the energy cannot run away where no negative goes.
     ``data_mean``/``data_std``/``data_shape`` are filled in by the trainer from the dataset.
     Without a base, ``self.base`` is ``None`` and :meth:`sample_base` draws ``N(0, I)`` noise
     (``self.noise``), which starts chains but is not part of the model.
@@ -217,9 +220,13 @@ class EnergyModel(nn.Module):
     def __init__(self, data_shape: Sequence[int], data_mean: Tensor, data_std: Tensor,
                  learn_base: bool = True, base_min_std: float = 1e-2,
                  base_std_scale: float = 1.0, base: str = "gaussian",
-                 base_components: int = 5, base_reg: float = 1e-3) -> None:
+                 base_components: int = 5, base_reg: float = 1e-3,
+                 output_bound: float | None = None) -> None:
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
+        if output_bound is not None:
+            positive("energy.output_bound", output_bound)
+        self.output_bound = None if output_bound is None else float(output_bound)
         check(base in BASES, f"energy.base={base!r} is not one of {list(BASES)}")
         check(base_std_scale > 0, f"energy.base_std_scale must be > 0, got {base_std_scale}")
         self.base: GaussianBase | MixtureBase | None = None
@@ -259,6 +266,8 @@ class EnergyModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.network(x).reshape(x.shape[0])
+        if self.output_bound is not None:  # f ↦ b·tanh(f/b): |f| < b, the model within e^{±b} of its base
+            out = self.output_bound * torch.tanh(out / self.output_bound)
         return out if self.base is None else out - self.base.log_prob(x)
 
     def sample_base(self, n: int, generator: torch.Generator | None = None) -> Tensor:

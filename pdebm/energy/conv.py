@@ -89,7 +89,7 @@ class ConvEnergy(EnergyModel):
         sn_iterations: power iterations per weight update when ``spectral_norm``.
         zero_init_last: zero the last layer so the initial model equals the base distribution.
         base: ``gaussian`` (``E = CNN − log base``) or ``none`` (``E = CNN``).
-        learn_base / base_*: see :class:`~pdebm.energy.base.EnergyModel`.
+        learn_base / base_* / output_bound: see :class:`~pdebm.energy.base.EnergyModel`.
     """
 
     example_shape = (1, 8, 8)  # any (C, H, W); the digits' shape
@@ -101,7 +101,8 @@ class ConvEnergy(EnergyModel):
                  sn_iterations: Positive[int] = 1, zero_init_last: bool = True,
                  learn_base: bool = True, base_min_std: Positive[float] = 1e-2,
                  base_std_scale: Positive[float] = 1.0, base: Literal[BASES] = "gaussian",
-                 base_components: Positive[int] = 5, base_reg: Positive[float] = 1e-3) -> None:
+                 base_components: Positive[int] = 5, base_reg: Positive[float] = 1e-3,
+                 output_bound: Positive[float] | None = None) -> None:
         shape = tuple(int(s) for s in data_shape)
         check(len(shape) == 3, f"energy=conv needs image data of shape (C, H, W), the dataset "
               f"has shape {shape}; use energy=mlp for vector data")
@@ -111,7 +112,7 @@ class ConvEnergy(EnergyModel):
         check(head in HEADS, f"energy.head={head!r} is not one of {list(HEADS)}")
         positive("energy.sn_iterations", sn_iterations)
         super().__init__(shape, data_mean, data_std, learn_base, base_min_std, base_std_scale,
-                         base, base_components, base_reg)
+                         base, base_components, base_reg, output_bound)
         c_in, h, w = shape
         layers: list[nn.Module] = []
         for c_out in channels:
@@ -156,7 +157,8 @@ class MNISTSmallConvEnergy(EnergyModel):
                  zero_init_last: bool = False, base: Literal[BASES] = "none",
                  learn_base: bool = True, base_min_std: Positive[float] = 1e-2,
                  base_std_scale: Positive[float] = 1.0,
-                 base_components: Positive[int] = 5, base_reg: Positive[float] = 1e-3) -> None:
+                 base_components: Positive[int] = 5, base_reg: Positive[float] = 1e-3,
+                 output_bound: Positive[float] | None = None) -> None:
         shape = tuple(int(s) for s in data_shape)
         check(shape[1:] == (28, 28) and shape[0] == 1,
               f"energy=mnist_small_conv is the authors' 28×28 network; the dataset has shape "
@@ -166,7 +168,7 @@ class MNISTSmallConvEnergy(EnergyModel):
               f"energy.activation={activation!r} is not one of ['swish', 'leaky_relu']")
         positive("energy.sn_iterations", sn_iterations)
         super().__init__(shape, data_mean, data_std, learn_base, base_min_std, base_std_scale,
-                         base, base_components, base_reg)
+                         base, base_components, base_reg, output_bound)
         specs = [(1, nc, 3, 1, 1), (nc, nc, 4, 2, 1), (nc, nc, 4, 2, 1), (nc, nc, 4, 2, 1),
                  (nc, nc, 3, 1, 0)]
         layers: list[nn.Module] = []

@@ -7,8 +7,10 @@ import math
 from typing import Literal, Sequence
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from pdebm.energy.base import ACTIVATIONS, BASES, EnergyModel, make_activation, zero_init_
+from pdebm.energy.conv import SpectralNorm  # the one spectral norm of the code base
 from pdebm.errors import check, positive
 from pdebm.schema import Positive
 
@@ -22,7 +24,10 @@ class MLPEnergy(EnergyModel):
         activation: nonlinearity name (``silu`` = Swish with β = 1; ``swish_beta`` = Swish with
             a learnable β per unit, as in the authors' code).
         zero_init_last: zero the last layer so the initial model equals the base distribution.
-        base, learn_base / base_*: see :class:`~pdebm.energy.base.EnergyModel` (``base=none``:
+        spectral_norm: divide every hidden layer's weight by its spectral norm
+            (:class:`~pdebm.energy.conv.SpectralNorm`); the last layer is never normalised.
+        sn_iterations: power iterations per weight update when ``spectral_norm``.
+        base, learn_base / base_*, output_bound: see :class:`~pdebm.energy.base.EnergyModel` (``base=none``:
             the network alone, as the EBM libraries' plain MLP energies).
     """
 
@@ -31,10 +36,12 @@ class MLPEnergy(EnergyModel):
                  activation: Literal[tuple(ACTIVATIONS)] = "silu", zero_init_last: bool = True,
                  learn_base: bool = True, base_min_std: Positive[float] = 1e-2,
                  base_std_scale: Positive[float] = 1.0, base: Literal[BASES] = "gaussian",
-                 base_components: Positive[int] = 5, base_reg: Positive[float] = 1e-3) -> None:
+                 base_components: Positive[int] = 5, base_reg: Positive[float] = 1e-3,
+                 output_bound: Positive[float] | None = None, spectral_norm: bool = False,
+                 sn_iterations: Positive[int] = 1) -> None:
         super().__init__(data_shape, data_mean, data_std, learn_base, base_min_std,
                          base_std_scale, base=base, base_components=base_components,
-                         base_reg=base_reg)
+                         base_reg=base_reg, output_bound=output_bound)
         check(base != "none" or not zero_init_last,
               "energy.base=none needs energy.zero_init_last=false: a zero network alone is a flat, "
               "unnormalisable energy")
@@ -44,7 +51,11 @@ class MLPEnergy(EnergyModel):
         layers: list[nn.Module] = [nn.Flatten()]
         width = dim
         for _ in range(depth):
-            layers += [nn.Linear(width, hidden), make_activation(activation, hidden)]
+            linear = nn.Linear(width, hidden)
+            if spectral_norm:
+                parametrize.register_parametrization(
+                    linear, "weight", SpectralNorm(linear.weight, n_iterations=sn_iterations))
+            layers += [linear, make_activation(activation, hidden)]
             width = hidden
         last = nn.Linear(width, 1)
         if zero_init_last:
