@@ -14,13 +14,13 @@ from tests.conftest import TINY_2D
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "compare_samplers.py"
 
 
-def bench(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+def bench(tmp_path: Path, *extra: str, last: list[str] = ()) -> subprocess.CompletedProcess:
     # TINY_2D minus `steps=` (the script sets steps itself) plus the small-K sampler settings that
-    # exist for both samplers used here.
+    # exist for both samplers used here; `last`: words after the --samplers list.
     overrides = [o for o in TINY_2D if not o.startswith("steps=")] + ["sampler.n_steps=2"]
     cmd = [sys.executable, str(SCRIPT), "--preset", "fast_2d", "--datasets", "8gaussians",
-           "--samplers", "particle", "pcd", "--seeds", "0", "--steps", "4", "--jobs", "1",
-           "--out", str(tmp_path / "bench"), *extra, *overrides]
+           "--seeds", "0", "--steps", "4", "--jobs", "1", "--out", str(tmp_path / "bench"),
+           *extra, *overrides, "--samplers", "particle", "pcd", *last]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
 
@@ -40,11 +40,15 @@ def test_benchmark_table_curve_and_reuse(tmp_path):
     assert bench(tmp_path).returncode == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == n_rows
 
-    # different overrides: retrained from scratch into a clean directory (history not appended)
-    r = bench(tmp_path, "lr=3e-4")
+    # different overrides: retrained from scratch into a clean directory (history not appended);
+    # written after the samplers, the override goes to every run, not to a row of its own
+    r = bench(tmp_path, last=["lr=3e-4"])
     assert r.returncode == 0, r.stderr
-    assert "lr=3e-4" in json.loads((run / "overrides.json").read_text())
+    assert sorted(p.name for p in (out / "8gaussians").iterdir()) == ["particle", "pcd"]
+    for row in ("particle", "pcd"):
+        assert "lr=3e-4" in json.loads((out / "8gaussians" / row / "seed=0" / "overrides.json").read_text())
     assert len((run / "metrics.jsonl").read_text().splitlines()) == n_rows
+    assert "| lr=3e-4 |" not in (out / "table.md").read_text()
 
 
 def _load_script():
@@ -105,18 +109,10 @@ def test_a_diverged_run_is_a_row_not_a_crash(tmp_path):
     assert stopped[0].stat().st_mtime == mtime
 
 
-def test_overrides_after_samplers_go_to_every_run_not_to_the_rows(tmp_path):
+def test_overrides_after_samplers_are_not_rows():
+    """End to end in test_benchmark_table_curve_and_reuse (its third run)."""
     assert _load_script().split_rows(["particle", "particle:field=basis,weights=false", "lr=3e-4"]) == (
         ["particle", "particle:field=basis,weights=false"], ["lr=3e-4"])
-    overrides = [o for o in TINY_2D if not o.startswith("steps=")] + ["sampler.n_steps=2"]
-    cmd = [sys.executable, str(SCRIPT), "--preset", "fast_2d", "--seeds", "0", "--steps", "2",
-           "--jobs", "1", "--out", str(tmp_path / "bench"), "--samplers", "pcd", *overrides, "lr=3e-4"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr
-    runs = sorted((tmp_path / "bench" / "fast_2d-steps-2" / "8gaussians").iterdir())
-    assert [p.name for p in runs] == ["pcd"]  # one row, not a row named "lr=3e-4"
-    assert "lr=3e-4" in json.loads((runs[0] / "seed=0" / "overrides.json").read_text())
 
 
 def test_bad_sampler_row_is_one_line_and_exit_2_before_any_run(tmp_path):

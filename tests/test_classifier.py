@@ -60,8 +60,10 @@ def test_fashion_labels_from_the_idx_files():
     assert f.train_labels.bincount().tolist() == [6000] * 10  # Fashion-MNIST is balanced
 
 
-def test_classifier_is_deterministic_and_accurate(digits, tmp_path, monkeypatch):
-    monkeypatch.setenv("PDEBM_CACHE", str(tmp_path))
+def test_classifier_is_deterministic_and_accurate(digits):
+    # the session's cache (tests/conftest.py): the digits runs of later tests load this classifier
+    # instead of training it again; trained here unless an earlier test cached it (same weights:
+    # checked against the fresh training below)
     before = torch.get_rng_state()
     c = classifier_for(digits)
     assert torch.equal(torch.get_rng_state(), before)  # the run's generator is left alone

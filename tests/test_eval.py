@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pdebm.config import compose_config
@@ -35,14 +36,21 @@ def eval_cfg(*overrides: str):
 
 @pytest.fixture(scope="module")
 def digit_runs(tmp_path_factory) -> dict[str, Path]:
-    """One tiny digits + conv run per sampler, trained by the real command line."""
+    """One tiny digits + conv run per sampler: the default one trained by the real command line,
+    the others in-process (the same ``train(cfg)``, without a second interpreter's start-up)."""
     root = tmp_path_factory.mktemp("digits")
     runs = {}
     for sampler in ("particle", "pcd", "sgld"):
-        r = run_cli(["train", "dataset=digits", "energy=conv", *FAST_SAMPLER[sampler], *TINY,
-                     "batch_size=32", "energy.channels=[8,16]",
-                     f"hydra.run.dir={sampler}"], root)
-        assert r.returncode == 0, r.stderr
+        args = ["dataset=digits", "energy=conv", *FAST_SAMPLER[sampler], *TINY, "batch_size=32",
+                "energy.channels=[8,16]"]
+        if sampler == "particle":
+            r = run_cli(["train", *args, f"hydra.run.dir={sampler}"], root)
+            assert r.returncode == 0, r.stderr
+        else:
+            try:
+                train(compose_config(args, root / sampler))
+            finally:
+                GlobalHydra.instance().clear()
         runs[sampler] = root / sampler
     return runs
 
