@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import TINY_2D
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "compare_samplers.py"
@@ -115,10 +117,15 @@ def test_overrides_after_samplers_are_not_rows():
         ["particle", "particle:field=basis,weights=false"], ["lr=3e-4"])
 
 
-def test_bad_sampler_row_is_one_line_and_exit_2_before_any_run(tmp_path):
+def test_bad_sampler_row_is_one_line_and_exit_2_before_any_run(tmp_path, monkeypatch, capsys):
+    """In-process (the script's main(); its runs in a subprocess are the tests above)."""
+    main = _load_script().main
+    monkeypatch.chdir(tmp_path)
     for bad in (["nosuch"], ["particle", "particle:no_such_key=1"]):
-        cmd = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "bench"), "--samplers", *bad]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        assert r.returncode == 2
-        assert r.stderr.startswith("pdebm: error: 8gaussians ") and r.stderr.count("\n") == 1, r.stderr
+        monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--out", str(tmp_path / "bench"), "--samplers", *bad])
+        with pytest.raises(SystemExit) as e:
+            main()
+        err = capsys.readouterr().err
+        assert e.value.code == 2
+        assert err.startswith("pdebm: error: 8gaussians ") and err.count("\n") == 1, err
         assert not (tmp_path / "bench").exists()
