@@ -106,9 +106,14 @@ def test_a_diverged_run_is_a_row_not_a_crash(tmp_path):
     assert "diverged" in table and "training diverged" in table, table
     stopped = [p for p in out.glob("8gaussians/*/seed=0/diverged.txt")]
     assert stopped, table
-    mtime = stopped[0].stat().st_mtime
-    assert bench(tmp_path, "lr=1.0", "divergence.nll_margin=0.001", "eval_every=2").returncode == 0
-    assert stopped[0].stat().st_mtime == mtime
+    # the same job again (run_job, where the script decides to reuse a run): not retrained
+    run = stopped[0].parent
+    mtime, rows = stopped[0].stat().st_mtime, (run / "metrics.jsonl").read_text()
+    job = {"run_dir": str(run), "force": False,
+           "overrides": json.loads((run / "overrides.json").read_text())}
+    again = _load_script().run_job(job)
+    assert stopped[0].stat().st_mtime == mtime and (run / "metrics.jsonl").read_text() == rows
+    assert "training diverged" in again["final"]["diverged"]
 
 
 def test_overrides_after_samplers_are_not_rows():
