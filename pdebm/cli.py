@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import sys
 
-from pdebm.preflight import (MULTIRUN_FLAGS, compose_and_check, describe, preflight,  # noqa: F401
-                             presets_for, _kind, _pasted_path, _run_positional)
-from pdebm.resume import quote  # noqa: F401  (also cli.quote)
-from pdebm.rundir import (Plan, claim, holds_run, is_stub, remove_created,  # noqa: F401
-                          remove_stub)
+from pdebm.preflight import preflight
+from pdebm.rundir import Plan, remove_stub
 
 USAGE = """usage: pdebm <command> [hydra overrides]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -44,8 +45,25 @@ def density_figure(model: GriddedModel, negatives: Tensor, data: Tensor,
         ax.set_aspect("equal")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # fixed margins: tight_layout would draw the whole figure once more just to measure it
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.07, top=0.87, wspace=0.15)
     return fig
+
+
+def render(fig: Figure, dpi: float = 80) -> np.ndarray:
+    """The figure drawn once, as an ``(H, W, 4)`` uint8 RGBA array (for TensorBoard and the
+    PNG alike, so that it is not drawn twice)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def save_rgba(rgba: np.ndarray, path) -> None:
+    """An ``(H, W, 4)`` uint8 array (:func:`render`) as a PNG, pixel for pixel."""
+    plt.imsave(path, rgba)
 
 
 def close_figure(fig: Figure) -> None:

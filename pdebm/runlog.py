@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from pdebm.build import Run, choice, job_config
-from pdebm.figures import close_figure
+from pdebm.figures import close_figure, render, save_rgba
 from pdebm.io import atomic_write_text, remove_stale_tmp
 from pdebm.monitor import MonitorResult
 from pdebm.resume import purge_metrics
@@ -57,10 +57,11 @@ class RunLog:
         for k, v in res.scalars.items():
             self.writer.add_scalar(f"eval/{k}", v, run.step)
         if res.figure is not None:
-            self.writer.add_figure("samples/density", res.figure, run.step, close=False)
-            self.fig_dir.mkdir(exist_ok=True)
-            res.figure.savefig(self.fig_dir / f"step_{run.step:07d}.png", dpi=80)
+            rgba = render(res.figure)  # drawn once for TensorBoard and the PNG
             close_figure(res.figure)
+            self.writer.add_image("samples/density", rgba[..., :3], run.step, dataformats="HWC")
+            self.fig_dir.mkdir(exist_ok=True)
+            save_rgba(rgba, self.fig_dir / f"step_{run.step:07d}.png")
         for k, img in res.images.items():
             self.writer.add_image(f"samples/{k}", img, run.step)
         row = {"step": run.step, "sampler_grad_evals": run.sampler.grad_evals,

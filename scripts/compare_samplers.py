@@ -236,7 +236,7 @@ def main() -> None:
         ap.error("--samplers names no sampler option")
     datasets = DATASETS_2D if args.datasets == ["all"] else args.datasets
 
-    from pdebm.cli import compose_and_check
+    from pdebm.preflight import compose_and_check
     from pdebm.errors import ConfigError
 
     def check(overrides: list[str], what: str = ""):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from pdebm.data.images import Digits, FashionMNIST, ImageDataset
-from pdebm.errors import ConfigError
+from pdebm.errors import ConfigError, check
 from pdebm.metrics.ais import fit_gaussian
 
 DATASETS = {"digits": Digits, "fashion_mnist": FashionMNIST}
@@ -116,15 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mixture", action="store_true", help="only the single Gaussians")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
-    if args.ks is not None and (not args.ks or min(args.ks) < 1):
-        print("pdebm: error: --ks must be positive integers", file=sys.stderr)
-        return 2
-    if args.regs is not None and min(args.regs) <= 0:
-        print("pdebm: error: --regs must be positive", file=sys.stderr)
-        return 2
     torch.set_num_threads(1)
     results = {}
-    try:
+    try:  # bad flags and bad data alike: one line, exit status 2, before any work
+        check(args.ks is None or min(args.ks) >= 1, "--ks must be positive integers")
+        check(args.regs is None or min(args.regs) > 0, "--regs must be positive")
         for name in args.datasets:
             n_train = args.n_train if args.n_train is not None else DEFAULT_N_TRAIN[name]
             ds = DATASETS[name](transform="none", dequantize=True, n_train=n_train)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pdebm.data.images import Digits, FashionMNIST, ImageDataset
-from pdebm.errors import ConfigError
+from pdebm.errors import ConfigError, check
 from pdebm.metrics.ais import fit_gaussian
 from pdebm.metrics.fid import image_score_for
 
@@ -100,12 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
-    if any(n < 2 for n in args.n) or args.repeats < 1 or args.components < 1:
-        print("pdebm: error: --n must be >= 2, --repeats and --components >= 1", file=sys.stderr)
-        return 2
     torch.set_num_threads(1)
     results = {}
-    try:
+    try:  # bad flags and bad data alike: one line, exit status 2, before any work
+        check(min(args.n) >= 2 and args.repeats >= 1 and args.components >= 1,
+              "--n must be >= 2, --repeats and --components >= 1")
         for name in args.datasets:
             results[name] = res = references(name, args.n, args.repeats, args.components,
                                              args.shrinkage, args.seed)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pdebm import cli
+from pdebm import cli, preflight, rundir
 from pdebm.checkpoint_diff import config_diff, mismatch_message, state_diff
 from pdebm.config import run_name
 from pdebm.errors import ConfigError
@@ -53,6 +53,13 @@ BAD = [
     (["+sampler.foo=1"], "got an unexpected keyword argument 'foo'"),
     (["=3"], "pdebm: error: "),
     (["sampler=sgld", "sampler.n_steps=0"], "sampler.n_steps must be > 0, got 0"),
+    (["sampler.n_steps=-1"], "sampler.n_steps must be >= 0, got -1"),
+    (["langevin.step_size=-0.1"], "langevin.step_size must be > 0"),
+    (["batch_size=0"], "batch_size must be > 0"),
+    (["sampler=langevin"], "unknown option sampler=langevin: sampler must be one of"),
+    (["-m", "sampler=sgld,nope"], "unknown option sampler=nope"),
+    (["resume=/nonexistent/ckpt.pt"], "checkpoint not found: /nonexistent/ckpt.pt"),
+    (["sampler=exact", "dataset=digits", "energy=conv"], "sampler=exact needs 2D data"),
     (["-m", "steps=50,-1"], "sweep job 1 of 2 (steps=-1): steps must be > 0, got -1"),
     (["-m", "steps=-1,50"], "sweep job 0 of 2 (steps=-1): steps must be > 0, got -1"),
     (["-m", "steps=50,-1", "hydra/launcher=parallel"], "sweep job 1 of 2 (steps=-1)"),
@@ -134,18 +141,18 @@ def test_build_time_error_leaves_no_stub(tmp_path):
 
 def test_integral_floats_become_integers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    plan = cli.preflight("train", ["steps=1e3", "batch_size=64.0", "lr=1e-3"])
+    plan = preflight.preflight("train", ["steps=1e3", "batch_size=64.0", "lr=1e-3"])
     assert "steps=1000" in plan.args and "batch_size=64" in plan.args and "lr=1e-3" in plan.args
     assert "steps=1000" in plan.run_dir.name and "1e3" not in plan.run_dir.name
-    plan = cli.preflight("train", ["-m", "steps=1e3,20", "seed=0,1"])
+    plan = preflight.preflight("train", ["-m", "steps=1e3,20", "seed=0,1"])
     assert "steps=1000,20" in plan.args and plan.args[0] == "-m"
 
 
 def test_appended_unread_key_warns(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    plan = cli.preflight("train", ["+stepz=10"])
+    plan = preflight.preflight("train", ["+stepz=10"])
     assert plan.warnings == ["+stepz=10 adds a key that nothing reads (did you mean steps?)"]
-    assert cli.preflight("train", ["+hydra.job.env_set.X=1"]).warnings == []
+    assert preflight.preflight("train", ["+hydra.job.env_set.X=1"]).warnings == []
 
 
 def test_appended_key_warning_is_printed_once_and_the_command_runs(tmp_path, monkeypatch, capsys):
@@ -185,7 +192,7 @@ def test_run_name_has_dataset_sampler_overrides_and_seed():
 
 def test_single_run_dir_named_after_choices_and_overrides(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    plan = cli.preflight("train", ["sampler=pcd", "lr=0.01", "num_threads=1", "progress=false",
+    plan = preflight.preflight("train", ["sampler=pcd", "lr=0.01", "num_threads=1", "progress=false",
                                    "device=cpu", "seed=2"])
     name = plan.run_dir.name
     assert plan.run_dir.is_dir() and plan.run_dir.parent.parent == Path("outputs/train")
@@ -194,16 +201,16 @@ def test_single_run_dir_named_after_choices_and_overrides(tmp_path, monkeypatch)
 
 
 def test_claim_is_exclusive(tmp_path):
-    first, made = cli.claim(tmp_path / "a" / "b" / "run")
-    second, _ = cli.claim(tmp_path / "a" / "b" / "run")
-    third, _ = cli.claim(tmp_path / "a" / "b" / "run")
+    first, made = rundir.claim(tmp_path / "a" / "b" / "run")
+    second, _ = rundir.claim(tmp_path / "a" / "b" / "run")
+    third, _ = rundir.claim(tmp_path / "a" / "b" / "run")
     assert first.name == "run" and second.name == "run-2" and third.name == "run-3"
     assert made == [tmp_path / "a", tmp_path / "a" / "b", first]
 
 
 def test_two_preflights_in_the_same_instant_get_two_directories(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    dirs = {cli.preflight("train", ["steps=3"]).run_dir for _ in range(3)}
+    dirs = {preflight.preflight("train", ["steps=3"]).run_dir for _ in range(3)}
     assert len(dirs) == 3 and all(d.is_dir() for d in dirs)
 
 

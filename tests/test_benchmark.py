@@ -9,18 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import TINY_2D
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "compare_samplers.py"
 
 
-def bench(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+def bench(tmp_path: Path, *extra: str, last: list[str] = ()) -> subprocess.CompletedProcess:
     # TINY_2D minus `steps=` (the script sets steps itself) plus the small-K sampler settings that
-    # exist for both samplers used here.
+    # exist for both samplers used here; `last`: words after the --samplers list.
     overrides = [o for o in TINY_2D if not o.startswith("steps=")] + ["sampler.n_steps=2"]
     cmd = [sys.executable, str(SCRIPT), "--preset", "fast_2d", "--datasets", "8gaussians",
-           "--samplers", "particle", "pcd", "--seeds", "0", "--steps", "4", "--jobs", "1",
-           "--out", str(tmp_path / "bench"), *extra, *overrides]
+           "--seeds", "0", "--steps", "4", "--jobs", "1", "--out", str(tmp_path / "bench"),
+           *extra, *overrides, "--samplers", "particle", "pcd", *last]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
 
@@ -40,11 +42,15 @@ def test_benchmark_table_curve_and_reuse(tmp_path):
     assert bench(tmp_path).returncode == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == n_rows
 
-    # different overrides: retrained from scratch into a clean directory (history not appended)
-    r = bench(tmp_path, "lr=3e-4")
+    # different overrides: retrained from scratch into a clean directory (history not appended);
+    # written after the samplers, the override goes to every run, not to a row of its own
+    r = bench(tmp_path, last=["lr=3e-4"])
     assert r.returncode == 0, r.stderr
-    assert "lr=3e-4" in json.loads((run / "overrides.json").read_text())
+    assert sorted(p.name for p in (out / "8gaussians").iterdir()) == ["particle", "pcd"]
+    for row in ("particle", "pcd"):
+        assert "lr=3e-4" in json.loads((out / "8gaussians" / row / "seed=0" / "overrides.json").read_text())
     assert len((run / "metrics.jsonl").read_text().splitlines()) == n_rows
+    assert "| lr=3e-4 |" not in (out / "table.md").read_text()
 
 
 def _load_script():
@@ -100,29 +106,31 @@ def test_a_diverged_run_is_a_row_not_a_crash(tmp_path):
     assert "diverged" in table and "training diverged" in table, table
     stopped = [p for p in out.glob("8gaussians/*/seed=0/diverged.txt")]
     assert stopped, table
-    mtime = stopped[0].stat().st_mtime
-    assert bench(tmp_path, "lr=1.0", "divergence.nll_margin=0.001", "eval_every=2").returncode == 0
-    assert stopped[0].stat().st_mtime == mtime
+    # the same job again (run_job, where the script decides to reuse a run): not retrained
+    run = stopped[0].parent
+    mtime, rows = stopped[0].stat().st_mtime, (run / "metrics.jsonl").read_text()
+    job = {"run_dir": str(run), "force": False,
+           "overrides": json.loads((run / "overrides.json").read_text())}
+    again = _load_script().run_job(job)
+    assert stopped[0].stat().st_mtime == mtime and (run / "metrics.jsonl").read_text() == rows
+    assert "training diverged" in again["final"]["diverged"]
 
 
-def test_overrides_after_samplers_go_to_every_run_not_to_the_rows(tmp_path):
+def test_overrides_after_samplers_are_not_rows():
+    """End to end in test_benchmark_table_curve_and_reuse (its third run)."""
     assert _load_script().split_rows(["particle", "particle:field=basis,weights=false", "lr=3e-4"]) == (
         ["particle", "particle:field=basis,weights=false"], ["lr=3e-4"])
-    overrides = [o for o in TINY_2D if not o.startswith("steps=")] + ["sampler.n_steps=2"]
-    cmd = [sys.executable, str(SCRIPT), "--preset", "fast_2d", "--seeds", "0", "--steps", "2",
-           "--jobs", "1", "--out", str(tmp_path / "bench"), "--samplers", "pcd", *overrides, "lr=3e-4"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr
-    runs = sorted((tmp_path / "bench" / "fast_2d-steps-2" / "8gaussians").iterdir())
-    assert [p.name for p in runs] == ["pcd"]  # one row, not a row named "lr=3e-4"
-    assert "lr=3e-4" in json.loads((runs[0] / "seed=0" / "overrides.json").read_text())
 
 
-def test_bad_sampler_row_is_one_line_and_exit_2_before_any_run(tmp_path):
+def test_bad_sampler_row_is_one_line_and_exit_2_before_any_run(tmp_path, monkeypatch, capsys):
+    """In-process (the script's main(); its runs in a subprocess are the tests above)."""
+    main = _load_script().main
+    monkeypatch.chdir(tmp_path)
     for bad in (["nosuch"], ["particle", "particle:no_such_key=1"]):
-        cmd = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "bench"), "--samplers", *bad]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        assert r.returncode == 2
-        assert r.stderr.startswith("pdebm: error: 8gaussians ") and r.stderr.count("\n") == 1, r.stderr
+        monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--out", str(tmp_path / "bench"), "--samplers", *bad])
+        with pytest.raises(SystemExit) as e:
+            main()
+        err = capsys.readouterr().err
+        assert e.value.code == 2
+        assert err.startswith("pdebm: error: 8gaussians ") and err.count("\n") == 1, err
         assert not (tmp_path / "bench").exists()

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pdebm.config import compose_config
@@ -35,14 +36,21 @@ def eval_cfg(*overrides: str):
 
 @pytest.fixture(scope="module")
 def digit_runs(tmp_path_factory) -> dict[str, Path]:
-    """One tiny digits + conv run per sampler, trained by the real command line."""
+    """One tiny digits + conv run per sampler: the default one trained by the real command line,
+    the others in-process (the same ``train(cfg)``, without a second interpreter's start-up)."""
     root = tmp_path_factory.mktemp("digits")
     runs = {}
     for sampler in ("particle", "pcd", "sgld"):
-        r = run_cli(["train", "dataset=digits", "energy=conv", *FAST_SAMPLER[sampler], *TINY,
-                     "batch_size=32", "energy.channels=[8,16]",
-                     f"hydra.run.dir={sampler}"], root)
-        assert r.returncode == 0, r.stderr
+        args = ["dataset=digits", "energy=conv", *FAST_SAMPLER[sampler], *TINY, "batch_size=32",
+                "energy.channels=[8,16]"]
+        if sampler == "particle":
+            r = run_cli(["train", *args, f"hydra.run.dir={sampler}"], root)
+            assert r.returncode == 0, r.stderr
+        else:
+            try:
+                train(compose_config(args, root / sampler))
+            finally:
+                GlobalHydra.instance().clear()
         runs[sampler] = root / sampler
     return runs
 
@@ -79,11 +87,21 @@ def test_eval_command_leaves_the_cwd_alone(digit_runs, tmp_path):
     ([], "run=<run directory or checkpoint> is required"),
     (["run=.", "transition=hmc"], "transition='hmc' is not one of"),
 ])
-def test_eval_bad_input_is_one_line(tmp_path, args, message):
-    r = run_cli(["eval", *args], tmp_path)
+def test_eval_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
+    """In-process (``evaluate``, what the command's Hydra entry calls); the command itself in
+    the next test."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        evaluate(eval_cfg(*args))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_eval_command_bad_input_is_one_line_exit_2(tmp_path):
+    r = run_cli(["eval", "run=missing_run"], tmp_path)
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("pdebm: error: ") and message in lines[0], r.stderr
+    assert len(lines) == 1 and lines[0] == "pdebm: error: checkpoint not found: missing_run", r.stderr
     assert not list(tmp_path.iterdir())
 
 

@@ -12,7 +12,7 @@ from pdebm.config import instantiate
 from pdebm.errors import ConfigError
 from pdebm.samplers.base import Sampler
 from pdebm.step import train_step
-from tests.conftest import options, small
+from tests.conftest import options
 
 PRESETS = options("experiment")
 SAMPLERS = options("sampler")
@@ -35,7 +35,10 @@ def check_preset_with_sampler(make_cfg, preset: str, sampler: str, *extra: str) 
     cfg = make_cfg(*base)
     if "kernel" in cfg.sampler and OmegaConf.is_interpolation(cfg.sampler, "kernel"):
         assert cfg.sampler.kernel.step_size == cfg.langevin.step_size  # the preset reaches it
-    cfg = make_cfg(*small(*base, groups=tuple(SIZES), sizes=SIZES), *SMALL)
+    # small sizes for the keys the chosen options have (as tests/conftest.py's small() picks
+    # them, read off the config just composed rather than composing it once more)
+    sizes = [f"{g}.{k}={v}" for g in SIZES for k, v in SIZES[g].items() if k in cfg[g]]
+    cfg = make_cfg(*base, *sizes, *SMALL)
     cls = get_class(cfg.sampler._target_)
     try:
         run = build(cfg)

@@ -91,7 +91,9 @@ def test_sample_bad_input_is_one_line(run, args, message):
     assert listing(run) == before  # nothing written
 
 
-@pytest.mark.parametrize("args, message", [BAD[2], (["run={run}", "stepz=3"], "stepz")])
+# BAD[2] is also checked in-process above; through the command with -m slow
+@pytest.mark.parametrize("args, message", [pytest.param(*BAD[2], marks=pytest.mark.slow),
+                                           (["run={run}", "stepz=3"], "stepz")])
 def test_sample_command_bad_input_exits_2(run, tmp_path, args, message):
     before = listing(run)
     r = run_cli(["sample", *[a.format(run=run) for a in args]], tmp_path)

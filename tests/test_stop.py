@@ -47,9 +47,21 @@ def run_until_hook_then_signal(cwd: Path, args: list[str], point: str,
     return proc.returncode, [ln for ln in err.splitlines() if ln.strip()]
 
 
-def test_stop_at_step_resume_matches_uninterrupted(make_cfg, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> dict:
+    """The uninterrupted run both resume tests compare against (trained once)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pdebm.config import compose_config
+
+    try:
+        return train(compose_config(COMMON, tmp_path_factory.mktemp("full")))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_stop_at_step_resume_matches_uninterrupted(make_cfg, tmp_path, monkeypatch, full):
     """In-process: the stop raised after step 3 checkpoints there; resuming equals never stopping."""
-    full = train(make_cfg(*COMMON, run_dir=tmp_path / "full"))
     monkeypatch.setenv("PDEBM_STOP_AT_STEP", "3")
     with pytest.raises(SystemExit) as stopped:
         train(make_cfg(*COMMON, run_dir=tmp_path / "cut"))
@@ -63,7 +75,7 @@ def test_stop_at_step_resume_matches_uninterrupted(make_cfg, tmp_path, monkeypat
     assert_same_final(full, resumed)
 
 
-def test_sigterm_writes_checkpoint_and_resume_matches(make_cfg, tmp_path):
+def test_sigterm_writes_checkpoint_and_resume_matches(make_cfg, tmp_path, full):
     """A real SIGTERM at step 3 (sent once the run says it is there) writes a checkpoint at step
     3, exits 143 with one line; continuing it equals the uninterrupted run."""
     rc, lines = run_until_hook_then_signal(tmp_path, [*COMMON, "hydra.run.dir=cut"], "step:3")
@@ -71,7 +83,6 @@ def test_sigterm_writes_checkpoint_and_resume_matches(make_cfg, tmp_path):
     assert len(lines) == 1 and "stopped by SIGTERM at step 3; checkpoint written" in lines[0], lines
     ckpt = tmp_path / "cut" / "checkpoints" / "last.pt"
     assert not (tmp_path / "cut" / "final_metrics.json").exists()
-    full = train(make_cfg(*COMMON, run_dir=tmp_path / "full"))
     resumed = train(make_cfg(*COMMON, f"resume={ckpt}", run_dir=tmp_path / "resumed"))
     assert_same_final(full, resumed)
 

@@ -9,11 +9,11 @@ import shlex
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from pdebm import cli
+from pdebm import cli, preflight
 from pdebm.diverge import Watchdog
 from pdebm.errors import ConfigError, TrainingDiverged
 from pdebm.progress import Progress
-from pdebm.resume import continue_command, merged_overrides, purge_metrics, refusal
+from pdebm.resume import continue_command, merged_overrides, purge_metrics, quote, refusal
 from pdebm.train import train
 from tests.conftest import TINY_2D, run_cli
 
@@ -76,13 +76,13 @@ def test_preflight_resume_uses_the_runs_own_overrides_and_directory(make_cfg, tm
     train(make_cfg(*own, run_dir=run))
     (run / ".hydra").mkdir()
     (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in own))
-    plan = cli.preflight("train", [shlex.split(continue_command(run))[2], "steps=8"])
+    plan = preflight.preflight("train", [shlex.split(continue_command(run))[2], "steps=8"])
     assert "sampler=pcd" in plan.args and "steps=8" in plan.args and "steps=4" not in plan.args
-    assert f"hydra.run.dir={cli.quote(str(run))}" in plan.args and plan.created == []
+    assert f"hydra.run.dir={quote(str(run))}" in plan.args and plan.created == []
     with pytest.raises(ConfigError, match="would change sampler.n_steps: checkpoint 3, config 5"):
-        cli.preflight("train", [f"resume={cli.quote(str(run))}", "sampler.n_steps=5"])
+        preflight.preflight("train", [f"resume={quote(str(run))}", "sampler.n_steps=5"])
     with pytest.raises(ConfigError, match="resume= of one run takes no -m"):
-        cli.preflight("train", ["-m", f"resume={cli.quote(str(run))}", "seed=0,1"])
+        preflight.preflight("train", ["-m", f"resume={quote(str(run))}", "seed=0,1"])
 
 
 @pytest.mark.slow
@@ -244,7 +244,7 @@ def test_a_finished_run_is_never_overwritten(make_cfg, tmp_path, monkeypatch, ca
     assert tree(run) == before  # not one byte changed
     # a directory without a run in it is fine (e.g. an empty one made beforehand)
     (tmp_path / "empty").mkdir()
-    assert cli.preflight("train", [f"hydra.run.dir={tmp_path / 'empty'}"]).run_dir == tmp_path / "empty"
+    assert preflight.preflight("train", [f"hydra.run.dir={tmp_path / 'empty'}"]).run_dir == tmp_path / "empty"
 
 
 @pytest.mark.parametrize("args", [["hydra.run.dir="], ["hydra.run.dir='  '"],
@@ -270,8 +270,8 @@ def test_resume_without_overrides_takes_the_checkpoints_config(make_cfg, tmp_pat
                 "sampler.buffer_size=128", "steps=6", "lr=0.002")
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["config"]
     monkeypatch.chdir(tmp_path)
-    plan = cli.preflight("train", [f"resume={run}"])
-    assert f"hydra.run.dir={cli.quote(str(run))}" in plan.args and plan.created == []
+    plan = preflight.preflight("train", [f"resume={run}"])
+    assert f"hydra.run.dir={quote(str(run))}" in plan.args and plan.created == []
     job = _compose_job(plan.args)
     assert job["steps"] == 6 and job["lr"] == 0.002 and job["sampler"] == saved["sampler"]
     assert {k: v for k, v in job.items() if k != "resume"} == {
@@ -279,17 +279,17 @@ def test_resume_without_overrides_takes_the_checkpoints_config(make_cfg, tmp_pat
     # a record that composes to something else (say, edited): the checkpoint still rules
     (run / ".hydra").mkdir()
     (run / ".hydra" / "overrides.yaml").write_text("- energy.hidden=64\n- steps=40\n")
-    plan = cli.preflight("train", [f"resume={run}", "eval_every=1"])
+    plan = preflight.preflight("train", [f"resume={run}", "eval_every=1"])
     job = _compose_job(plan.args)
     assert job["energy"]["hidden"] == 32 and job["steps"] == 6 and job["lr"] == 0.002
     assert job["eval_every"] == 1
     # the user's own change is still refused, named by the user's key, in one short line
     with pytest.raises(ConfigError) as e:
-        cli.preflight("train", [f"resume={run}", "energy.hidden=64"])
+        preflight.preflight("train", [f"resume={run}", "energy.hidden=64"])
     assert str(e.value).startswith("resume would change energy.hidden: checkpoint 32, config 64")
     assert len(str(e.value)) <= 200
     with pytest.raises(ConfigError) as e:
-        cli.preflight("train", [f"resume={run}", "sampler=sgld"])
+        preflight.preflight("train", [f"resume={run}", "sampler=sgld"])
     assert str(e.value).startswith("resume would change sampler: checkpoint "), str(e.value)
     assert len(str(e.value)) <= 200 and "_target_" not in str(e.value)
 
@@ -307,7 +307,7 @@ def test_damaged_metrics_are_cut_back_with_one_warning_and_nothing_rewritten_fir
     (run / "checkpoints" / ".last.pt.x1y2.tmp").write_bytes(b"")  # a SIGKILL mid-write left this
     before = tree(run)
     monkeypatch.chdir(tmp_path)
-    plan = cli.preflight("train", [f"resume={run}"])
+    plan = preflight.preflight("train", [f"resume={run}"])
     (warning,) = plan.warnings
     assert "\n" not in warning and "dropped 2 damaged lines (line 3, 4)" in warning, warning
     assert "the last row kept is step 2" in warning
@@ -397,16 +397,16 @@ def test_a_stopped_sweep_says_what_is_left_and_resumes(tmp_path, monkeypatch, ca
         if p.suffix in (".pt", ".json", ".jsonl") or p.name.startswith("events."):
             assert after[p] == data, p  # finished jobs are kept as they are
     with pytest.raises(ConfigError, match="continues the sweep as it was launched: lr=0.5"):
-        cli.preflight("train", [f"resume={sweep}", "lr=0.5"])
+        preflight.preflight("train", [f"resume={sweep}", "lr=0.5"])
 
 
 def test_submitit_sweeps_resume_their_requeued_jobs(tmp_path, monkeypatch):
     """Under the submitit launcher its checkpoint() hook requeues a preempted job with the same
     arguments; every job gets resume=auto, so the requeued one continues from its checkpoint."""
     monkeypatch.chdir(tmp_path)
-    plan = cli.preflight("train", ["-m", "hydra/launcher=slurm", "seed=0,1"])
+    plan = preflight.preflight("train", ["-m", "hydra/launcher=slurm", "seed=0,1"])
     assert plan.args[-1] == "resume=auto" and plan.jobs == 2
-    assert "resume=auto" not in cli.preflight("train", ["-m", "seed=0,1"]).args
+    assert "resume=auto" not in preflight.preflight("train", ["-m", "seed=0,1"]).args
 
 
 def test_resume_auto_continues_a_jobs_own_checkpoint_and_keeps_a_finished_one(
@@ -445,10 +445,10 @@ def test_every_2d_dataset_alone_and_every_image_preset_pass_the_checks(tmp_path,
 
     monkeypatch.chdir(tmp_path)
     for name in sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml")):
-        if cli._kind(name) == "2d":
-            cli.preflight("train", [f"dataset={name}", "hydra.run.dir=x"])
-    for preset in cli.presets_for("digits", "images") + cli.presets_for("fashion_mnist", "images"):
-        cli.preflight("train", [f"experiment={preset}", "hydra.run.dir=x"])
+        if preflight._kind(name) == "2d":
+            preflight.preflight("train", [f"dataset={name}", "hydra.run.dir=x"])
+    for preset in preflight.presets_for("digits", "images") + preflight.presets_for("fashion_mnist", "images"):
+        preflight.preflight("train", [f"experiment={preset}", "hydra.run.dir=x"])
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -479,12 +479,12 @@ def test_paths_paste_the_positional_run_and_the_done_command(tmp_path, monkeypat
     run = tmp_path / "outputs" / "lr=0.01,seed=1"
     (run / "checkpoints").mkdir(parents=True)
     for words in ([str(run)], [f"run={run}"]):  # positional, and run= pasted without quotes
-        args = [a for a in cli._run_positional("eval", words)]
-        assert [cli._pasted_path(a) for a in args] == [f"run={cli.quote(str(run))}"]
-        (o,) = OverridesParser.create().parse_overrides([cli._pasted_path(args[0])])
+        args = [a for a in preflight._run_positional("eval", words)]
+        assert [preflight._pasted_path(a) for a in args] == [f"run={quote(str(run))}"]
+        (o,) = OverridesParser.create().parse_overrides([preflight._pasted_path(args[0])])
         assert o.value() == str(run)
     with pytest.raises(ConfigError, match="no such run directory or checkpoint"):
-        cli._run_positional("eval", [str(tmp_path / "nowhere")])
+        preflight._run_positional("eval", [str(tmp_path / "nowhere")])
     from pdebm.resume import done_command, eval_command
 
     assert shlex.split(eval_command(run)) == ["pdebm", "eval", str(run)]
@@ -499,8 +499,8 @@ def test_small_items_inf_long_warnings_and_the_divergence_line(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     for key in ("lr", "langevin.step_size", "energy_reg", "eval.high"):
         with pytest.raises(ConfigError, match="must be a finite number, got inf"):
-            cli.preflight("train", [f"{key}=inf"])
-    (w,) = cli.preflight("train", ["+stepz=" + "x" * 100_000]).warnings
+            preflight.preflight("train", [f"{key}=inf"])
+    (w,) = preflight.preflight("train", ["+stepz=" + "x" * 100_000]).warnings
     assert len(w) < 150 and "100000 characters" in w and "did you mean steps?" in w
     line = Checkpoints(tmp_path / "c").diverged(
         "loss is nan at step 5: training diverged (try a smaller lr or step size, or energy_reg > 0)")

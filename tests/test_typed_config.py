@@ -14,6 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from pdebm import cli
 from pdebm.config import CONFIG_DIR, instantiate
 from pdebm.errors import ConfigError
 from pdebm.schema import Positive, annotations, check_node, check_value
@@ -21,16 +22,36 @@ from pdebm.validate import validate
 from tests.conftest import TINY_2D, TINY_RUN, options, run_cli
 
 
-@pytest.mark.parametrize("override, key", [
+BAD_GROUP_VALUES = [  # issue 24's cases
     ("sampler.n_steps=2.5", "sampler.n_steps"),
     ("sampler.n_steps=abc", "sampler.n_steps"),
     ("energy.channels=[a]", "energy.channels"),
     ("dataset.n_test=-3", "dataset.n_test"),
     ("eval.mmd_points=1.5", "eval.mmd_points"),
-])
-def test_bad_group_value_is_one_line_naming_the_key_before_any_directory(tmp_path, override, key):
-    extra = ["energy=conv", "dataset=digits"] if override.startswith("energy.channels") else []
-    r = run_cli(["train", *extra, override], tmp_path)
+]
+
+
+def _extra(override: str) -> list[str]:
+    return ["energy=conv", "dataset=digits"] if override.startswith("energy.channels") else []
+
+
+@pytest.mark.parametrize("override, key", BAD_GROUP_VALUES)
+def test_bad_group_value_is_one_line_naming_the_key_before_any_directory(
+        tmp_path, monkeypatch, capsys, override, key):
+    """In-process through the real entry point (``cli.main``), as tests/test_bad_input.py does;
+    the subprocess form is the next test."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", *_extra(override), override])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert err.startswith(f"pdebm: error: {key}") and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_group_value_in_a_real_process(tmp_path):
+    override, key = BAD_GROUP_VALUES[0]
+    r = run_cli(["train", *_extra(override), override], tmp_path)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith(f"pdebm: error: {key}") and r.stderr.count("\n") == 1, r.stderr
     assert "Traceback" not in r.stderr
