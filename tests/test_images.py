@@ -345,12 +345,14 @@ def test_output_bound_keeps_the_network_within_b_of_the_base(target):
 def test_mlp_spectral_norm_normalises_every_hidden_layer_not_the_last():
     from pdebm.energy.mlp import MLPEnergy
 
+    torch.manual_seed(0)
     shape = (1, 8, 8)
     energy = MLPEnergy(shape, torch.zeros(shape), torch.ones(shape), hidden=32, depth=2,
                        spectral_norm=True, zero_init_last=False)
     linears = [m for m in energy.net if isinstance(m, torch.nn.Linear)]
-    for layer in linears[:-1]:  # W / σ̂(W): spectral norm 1 (30 power iterations at construction)
-        assert abs(float(torch.linalg.matrix_norm(layer.weight, ord=2)) - 1.0) < 1e-3
+    for layer in linears[:-1]:  # W / σ̂(W), σ̂ ≤ σ from 30 power iterations: spectral norm just ≥ 1
+        norm = float(torch.linalg.matrix_norm(layer.weight, ord=2))
+        assert 1.0 - 1e-4 <= norm < 1.05, norm
     assert not hasattr(linears[-1], "parametrizations")
     plain = MLPEnergy(shape, torch.zeros(shape), torch.ones(shape), hidden=32, depth=2)
     assert not any(hasattr(m, "parametrizations") for m in plain.net)
