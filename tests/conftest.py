@@ -68,7 +68,7 @@ FAST_SAMPLER = {
     "pcd": ["sampler=pcd", "sampler.n_steps=3", "sampler.buffer_size=128"],
     "exact": ["sampler=exact"],
     "particle": ["sampler=particle", "sampler.n_steps=2"],                       # weighted (default)
-    "particle_unweighted": ["sampler=particle", "sampler.n_steps=2", "sampler.weights=false"],
+    "particle_unweighted": ["sampler=particle_unweighted", "sampler.n_steps=2"],
     "particle_paper": ["sampler=particle_paper", "sampler.n_steps=2"],
 }
 FAST_SAMPLER.update({name: small(f"sampler={name}", groups=("sampler",))

@@ -45,7 +45,7 @@ SAMPLERS = {
     "particle": ["sampler=particle", "sampler.n_steps=2"],
     # unweighted: ∇E_θk read off the trainer's x.grad (the shortcut); the warm-up step is its
     # host check (shortcut_check_every), the 3 counted ones take the device path
-    "particle_unweighted": ["sampler=particle", "sampler.n_steps=2", "sampler.weights=false"],
+    "particle_unweighted": ["sampler=particle_unweighted", "sampler.n_steps=2"],
     "particle_basis": ["sampler=particle", "sampler.n_steps=2", "sampler.field=basis"],
 }
 SAMPLERS.update({k: v for k, v in FAST_SAMPLER.items() if k not in SAMPLERS})  # every option
