@@ -390,20 +390,28 @@ def _keys(dataset_option: str | None) -> set[str]:
     return set(OmegaConf.load(p)) - {"_target_"} if dataset_option and p.is_file() else set()
 
 
-def _preset_dataset(experiment: str) -> str | None:
-    """The dataset option an experiment preset selects (its ``override /dataset``)."""
+def _preset_dataset(experiment: str, _seen: frozenset = frozenset()) -> str | None:
+    """The dataset option an experiment preset selects (its ``override /dataset``, or that of the
+    preset it builds on: a plain ``- <preset>`` entry of its defaults list)."""
     from omegaconf import OmegaConf
 
     from pdebm.config import CONFIG_DIR
 
     p = CONFIG_DIR / "experiment" / f"{experiment}.yaml"
-    if not p.is_file():
+    if not p.is_file() or experiment in _seen:
         return None
+    parents = []
     for entry in OmegaConf.load(p).get("defaults", []) or []:
         if isinstance(entry, dict) or OmegaConf.is_dict(entry):
             for k, v in entry.items():
                 if str(k).replace("override ", "").strip().lstrip("/") == "dataset":
                     return str(v)
+        elif isinstance(entry, str) and entry != "_self_":
+            parents.append(entry)
+    for parent in parents:
+        found = _preset_dataset(parent, _seen | {experiment})
+        if found is not None:
+            return found
     return None
 
 

@@ -67,7 +67,7 @@ def rows(run_dir):
 
 
 def test_image_run_logs_fid_kid_and_particle_likelihood(make_cfg, tmp_path):
-    cfg = make_cfg("experiment=digits_quick", *TINY, "energy.channels=[8]", "sampler.n_steps=2")
+    cfg = make_cfg("experiment=digits_conv", *TINY, "energy.channels=[8]", "sampler.n_steps=2")
     train(cfg)
     rs = rows(tmp_path / "run")
     for r in rs:
@@ -90,12 +90,12 @@ def test_image_run_logs_fid_kid_and_particle_likelihood(make_cfg, tmp_path):
 
 
 def test_unweighted_image_run_has_fid_but_no_particle_likelihood(make_cfg, tmp_path):
-    cfg = make_cfg("experiment=digits_quick", *TINY, "energy.channels=[8]", "sampler=pcd",
+    cfg = make_cfg("experiment=digits_conv", *TINY, "energy.channels=[8]", "sampler=pcd",
                    "sampler.n_steps=2", "sampler.buffer_size=128")
     train(cfg)
     r = rows(tmp_path / "run")[-1]
     assert "fid" in r and "test_ll_particles" not in r and "particles_ess" not in r
-    cfg = make_cfg("experiment=digits_quick", *TINY, "energy.channels=[8]", "eval.fid=false",
+    cfg = make_cfg("experiment=digits_conv", *TINY, "energy.channels=[8]", "eval.fid=false",
                    run_dir=tmp_path / "nofid")
     train(cfg)
     assert "fid" not in rows(tmp_path / "nofid")[-1]

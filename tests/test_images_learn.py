@@ -169,7 +169,7 @@ def test_paper_fashion_preset_composes_and_runs(tmp_path):
 
 
 def test_eval_reports_convergence_start_and_ess_warning(tmp_path, monkeypatch):
-    cfg = compose_config(["experiment=digits_quick", "steps=2", "batch_size=16", "eval_every=1",
+    cfg = compose_config(["experiment=digits_conv", "steps=2", "batch_size=16", "eval_every=1",
                           "ckpt_every=0", "progress=false", "num_threads=1",
                           "energy.channels=[4]", "sampler.n_steps=1"], run_dir=tmp_path / "run")
     train(cfg)

@@ -19,7 +19,7 @@ from tests.conftest import TINY, TINY_2D, run_cli
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sample")
-    cfg = compose_config(["experiment=digits_quick", *TINY, "energy.channels=[8]",
+    cfg = compose_config(["experiment=digits_conv", *TINY, "energy.channels=[8]",
                           "sampler.n_steps=2"], root / "run")
     train(cfg)
     return root / "run"

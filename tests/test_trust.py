@@ -515,7 +515,7 @@ def test_the_default_schedule_holds_then_decays_and_presets_keep_theirs():
     assert c(400) == pytest.approx(0.5) and c(499) < 1e-3 and c(500) == 0.0
     assert all(c(s) >= c(s + 1) for s in range(500))
     assert compose_config([]).schedule.decay_from == 0.6
-    for preset in ("fast_2d", "paper_2d", "digits_quick", "fashion_quick"):  # their measured protocol
+    for preset in ("fast_2d", "paper_2d", "digits_quick", "digits", "digits_conv", "fashion_quick"):  # their measured protocol
         assert compose_config([f"experiment={preset}"]).schedule._target_.endswith("Constant"), preset
 
 
