@@ -188,7 +188,8 @@ def main(cfg: DictConfig) -> None:
           f"{report['log_likelihood']:.2f} ± {report['log_likelihood_se']:.2f} nats, "
           f"{report['bits_per_dim']:.4f} bits/dim (log Z {report['log_z']:.2f} ± "
           f"{report['log_z_se']:.2f}; ESS/N {report['ess_fraction']:.3f}; {steps}; start "
-          f"Gaussian {report['start_log_likelihood']:.2f}"
+          f"{'base' if report['settings'].get('start') == 'base' else 'Gaussian'} "
+          f"{report['start_log_likelihood']:.2f}"
           + (f"; samples FID {report['fid']:.3g}" if "fid" in report else "")
           + f"); wrote {out / RESULTS}")
     for w in report["warnings"]:
