@@ -6,7 +6,7 @@ Rows, each over ``--repeats`` independent draws of ``n`` images (mean ± sd):
 
 - ``training images`` (the floor): ``n`` dequantised training images against the held-out images;
 - ``full-covariance Gaussian``: samples of the Gaussian fitted to the training images (pixel
-  space, ``Σ + s·I``; the base and AIS start of the digits_quick / fashion_quick presets);
+  space, ``Σ + s·I``; the base and AIS start of the digits_conv / fashion_quick presets);
 - ``Gaussian mixture``: samples of a 5-component full-covariance scikit-learn GaussianMixture
   fitted to the dequantised training images (digits: all 1438, ``reg_covar`` 1e-4;
   Fashion-MNIST: the first 10 000, ``reg_covar`` 1e-3);
