@@ -70,6 +70,14 @@ class SpectralNorm(nn.Module):
         return weight / sigma.clamp_min(self.eps)
 
 
+def spectral_normalised(layer: nn.Module, n_iterations: int = 1) -> nn.Module:
+    """``layer`` with its ``weight`` divided by its spectral norm (:class:`SpectralNorm`, re-estimated
+    with ``n_iterations`` power iterations after each weight update); returned for chaining."""
+    parametrize.register_parametrization(layer, "weight",
+                                         SpectralNorm(layer.weight, n_iterations=n_iterations))
+    return layer
+
+
 class ConvEnergy(EnergyModel):
     """``E(x) = CNN(x) − log N(x; μ, diag σ²)`` for images of any size ``(C, H, W)``.
 
@@ -119,8 +127,7 @@ class ConvEnergy(EnergyModel):
             stride = 2 if min(h, w) > MIN_SIZE else 1
             conv = nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1)
             if spectral_norm:
-                parametrize.register_parametrization(
-                    conv, "weight", SpectralNorm(conv.weight, n_iterations=sn_iterations))
+                spectral_normalised(conv, sn_iterations)
             layers += [conv, make_activation(activation)]
             c_in, h, w = c_out, _conv_out(h, stride), _conv_out(w, stride)
         if head == "pool":
@@ -175,8 +182,7 @@ class MNISTSmallConvEnergy(EnergyModel):
         for c_in, c_out, k, stride, pad in specs:
             conv = nn.Conv2d(c_in, c_out, k, stride, pad)
             if spectral_norm:
-                parametrize.register_parametrization(
-                    conv, "weight", SpectralNorm(conv.weight, n_iterations=sn_iterations))
+                spectral_normalised(conv, sn_iterations)
             layers += [conv, SwishBeta(c_out) if activation == "swish" else nn.LeakyReLU(0.2)]
         last = nn.Linear(nc, 1)
         if zero_init_last:

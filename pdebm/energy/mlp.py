@@ -7,10 +7,9 @@ import math
 from typing import Literal, Sequence
 
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from pdebm.energy.base import ACTIVATIONS, BASES, EnergyModel, make_activation, zero_init_
-from pdebm.energy.conv import SpectralNorm  # the one spectral norm of the code base
+from pdebm.energy.conv import spectral_normalised  # the one spectral norm of the code base
 from pdebm.errors import check, positive
 from pdebm.schema import Positive
 
@@ -53,8 +52,7 @@ class MLPEnergy(EnergyModel):
         for _ in range(depth):
             linear = nn.Linear(width, hidden)
             if spectral_norm:
-                parametrize.register_parametrization(
-                    linear, "weight", SpectralNorm(linear.weight, n_iterations=sn_iterations))
+                spectral_normalised(linear, sn_iterations)
             layers += [linear, make_activation(activation, hidden)]
             width = hidden
         last = nn.Linear(width, 1)
