@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-SAMPLERS = ["particle", "particle_paper", "pcd", "sgld"]
+SAMPLERS = ["particle", "particle_unweighted", "particle_paper", "pcd", "sgld"]
 
 
 def train_run(run_dir: Path, overrides: list[str], log) -> float:
