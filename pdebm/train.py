@@ -9,7 +9,7 @@ After the last step come a checkpoint and the final evaluation on fresh negative
 ``train(cfg)`` is a plain function that tests call in-process; ``main`` is the command. The
 pieces live beside it: :mod:`pdebm.build` (the run's objects), :mod:`pdebm.step` (one step),
 :mod:`pdebm.diverge` (the two divergence watchers), :mod:`pdebm.runlog` (what is written),
-:mod:`pdebm.stop` (signals).
+:mod:`pdebm.stop` (signals), :mod:`pdebm.command` (the entry point and its one-line errors).
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import logging
 import sys
 import time
 
-import hydra
 from omegaconf import DictConfig
 
 from pdebm.build import Run, build, choice, run_dir, state_dict
 from pdebm.checkpoint import Checkpoints, write_error
-from pdebm.config import CONFIG_DIR
+from pdebm.command import hydra_command
 from pdebm.diverge import DivergenceWatch, Watchdog
-from pdebm.errors import ConfigError, TrainingDiverged, WriteFailed
+from pdebm.errors import TrainingDiverged, WriteFailed
 from pdebm.progress import Progress
 from pdebm.resume import auto, continue_command, done_command
 from pdebm.runlog import RunLog
@@ -159,17 +158,17 @@ def summary(metrics: dict[str, float], every: bool = False) -> str:
     return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def hydra_main(cfg: DictConfig) -> None:
-    """Hydra entry point of ``pdebm train``; a ConfigError becomes one line on stderr."""
-    try:
-        final = train(cfg)
-    except (ConfigError, TrainingDiverged, WriteFailed) as e:
-        print(f"pdebm: error: {e}", file=sys.stderr)
-        raise SystemExit(2 if isinstance(e, ConfigError) else 1) from None
+def print_done(cfg: DictConfig, final: dict[str, float]) -> None:
+    """What ``pdebm train`` prints when the run is complete; then the ``teardown`` test hook
+    (:mod:`pdebm.stop`)."""
     print(f"pdebm: done in {run_dir(cfg)}: {summary(final)} (next: "
           f"{done_command(cfg, run_dir(cfg))})", flush=True)
     STOP.wait_at("teardown")
+
+
+# Hydra's entry point of `pdebm train`: bad input (ConfigError) exits 2, a run that diverged or
+# could not write exits 1, each with one line.
+hydra_main = hydra_command("train", train, print_done, failures=(TrainingDiverged, WriteFailed))
 
 
 def main() -> None:
