@@ -1,9 +1,11 @@
 """`pdebm eval`: AIS log-likelihood of a finished image run, and a grid of long-run samples.
 
-``main`` is the thin ``@hydra.main`` entry; ``evaluate(cfg)`` is a plain function that tests call
-in-process. It stands beside :mod:`pdebm.train` on :mod:`pdebm.build` and never imports the
-trainer. (The periodic ``eval/*`` metrics during training are :mod:`pdebm.monitor`.) The dataset and energy are rebuilt from the checkpoint's own stored config (so the
-evaluation never depends on today's defaults) and the trained weights are loaded into them.
+``main`` is the Hydra entry (:func:`pdebm.command.hydra_command`); ``evaluate(cfg)`` is a plain
+function that tests call in-process. It stands beside :mod:`pdebm.train` on :mod:`pdebm.build`
+and never imports the trainer. (The periodic ``eval/*`` metrics during training are
+:mod:`pdebm.monitor`.) The dataset and energy are rebuilt from the checkpoint's own stored
+config (so the evaluation never depends on today's defaults) and the trained weights are loaded
+into them.
 
 Everything is written into the evaluated run's directory, next to its training summaries:
 ``ais.json`` (the numbers and the settings that produced them, with FID/KID of the AIS chains'
@@ -22,13 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from pdebm import checkpoint
-from pdebm.config import CONFIG_DIR
+from pdebm.command import hydra_command
 from pdebm.errors import ConfigError, check, one_of, positive
 from pdebm.figures import image_grid, save_png
 from pdebm.io import atomic_write_text
@@ -173,14 +174,8 @@ def _start_log_likelihood(start, x_test: torch.Tensor, dataset, device: torch.de
     return float(ll.mean())
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point of ``pdebm eval``; a ConfigError becomes one line on stderr."""
-    try:
-        report = evaluate(cfg)
-    except ConfigError as e:
-        print(f"pdebm: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+def print_done(cfg: DictConfig, report: dict[str, Any]) -> None:
+    """What ``pdebm eval`` prints when it has finished."""
     out = run_directory(Path(report["checkpoint"]))
     steps = ", ".join(f"T={c['n_temps']}: {c['log_likelihood']:.2f}"
                       for c in report["convergence"])
@@ -194,3 +189,6 @@ def main(cfg: DictConfig) -> None:
           + f"); wrote {out / RESULTS}")
     for w in report["warnings"]:
         print(f"pdebm: warning: {w}", file=sys.stderr)
+
+
+main = hydra_command("eval", evaluate, print_done)  # Hydra's entry; bad input: one line, exit 2

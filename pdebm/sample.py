@@ -29,7 +29,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
@@ -37,7 +36,8 @@ from tqdm import tqdm
 
 from pdebm import checkpoint
 from pdebm.build import build_data_and_energy, resolve_device, set_threads
-from pdebm.config import CONFIG_DIR, instantiate
+from pdebm.command import hydra_command
+from pdebm.config import instantiate
 from pdebm.errors import ConfigError, check, one_of, positive
 from pdebm.figures import image_grid, save_png
 from pdebm.io import atomic_write, atomic_write_text
@@ -276,16 +276,13 @@ def record(energy, x: Tensor, kernel: LangevinConfig, e_data: float, score, data
     return rec
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sample")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point of ``pdebm sample``; a ConfigError becomes one line on stderr."""
-    try:
-        report = sample(cfg)
-    except ConfigError as e:
-        print(f"pdebm: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+def print_done(cfg: DictConfig, report: dict[str, Any]) -> None:
+    """What ``pdebm sample`` prints when it has finished."""
     last = report["records"][-1]
     fid = f", FID {last['fid']:.3g}" if "fid" in last else ""
     print(f"pdebm: {report['n']} chains × {report['steps']} steps in "
           f"{report['wall_clock_s']:.0f} s: energy gap {last['energy_gap']:.3g}{fid}; wrote "
           f"{report['out']}")
+
+
+main = hydra_command("sample", sample, print_done)  # Hydra's entry; bad input: one line, exit 2

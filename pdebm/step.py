@@ -1,33 +1,34 @@
 """One training step, used by the trainer, ``scripts/gpu_check.py`` and the tests.
 
-    negatives → (monitor) → loss → backward → clip → [θ_k snapshot] → optimizer step → schedule
+    [negatives] → loss → backward → clip → [θ_k snapshot] → optimizer step → schedule
     → sampler.update(θ_k or None, θ_{k+1})
 
-The sampler contract (:mod:`pdebm.samplers.base`) is kept here: the negatives are used as
-returned (never detached), and ``backward`` runs before ``update``. The θ_k snapshot is taken
-only for samplers with ``needs_previous_energy`` (the particle sampler), into buffers allocated
-once per run (:meth:`~pdebm.energy.base.FrozenEnergy.refresh`).
+The trainer draws the step's negatives itself, so that the monitor sees them before the update,
+and hands them in; other callers leave them out and the step draws them. The sampler contract
+(:mod:`pdebm.samplers.base`) is kept here: the negatives are used as returned (never detached),
+and ``backward`` runs before ``update``. The θ_k snapshot is taken only for samplers with
+``needs_previous_energy`` (the particle sampler), into buffers allocated once per run
+(:meth:`~pdebm.energy.base.FrozenEnergy.refresh`).
 
 No host sync: a step reads no device value. The loss parts, the gradient norm and the sampler's
 ``stats()`` stay 0-d tensors on the device; :meth:`StepOutput.host` brings all of them to the
 host in one transfer, which the trainer calls only on logging and checkpoint steps. A
-non-finite loss costs nothing per step either: :class:`DivergenceWatch` keeps the step's loss
-tensor, checks the ones kept in that transfer and raises
-:class:`~pdebm.errors.TrainingDiverged`, naming the first bad step.
+non-finite loss costs nothing per step either: the trainer's
+:class:`~pdebm.diverge.DivergenceWatch` keeps each step's loss tensor, and that same transfer
+checks the ones kept.
 """
 
 from __future__ import annotations
 
-import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 import torch
 from torch import Tensor
 
+from pdebm.diverge import DivergenceWatch
 from pdebm.energy.base import FrozenEnergy
-from pdebm.errors import TrainingDiverged
 from pdebm.loss import loss_fn
 
 
@@ -51,54 +52,19 @@ def to_host(values: Mapping[str, Tensor | float | int | None]) -> dict[str, floa
     return {k: out[k] for k in values if k in out}  # the caller's order
 
 
-class DivergenceWatch:
-    """Non-finite losses, found without a host sync per step: each step's loss (a detached 0-d
-    tensor) is only remembered, at no device cost; :meth:`pending` turns the losses since the
-    last transfer into two device scalars (the index of the first non-finite one, ``-1`` if
-    none, and its value) that travel with the step's one transfer."""
-
-    def __init__(self) -> None:
-        self._steps: list[int] = []
-        self._losses: list[Tensor] = []
-
-    def observe(self, loss: Tensor, step: int) -> None:
-        self._steps.append(step)
-        self._losses.append(loss.detach())
-
-    def pending(self) -> tuple[list[int], Tensor, Tensor] | None:
-        """``(the steps observed since the last call, index of the first non-finite loss among
-        them or -1, that loss)``, the last two as device tensors; ``None`` if no step was
-        observed."""
-        if not self._losses:
-            return None
-        losses = torch.stack(self._losses)
-        bad = ~torch.isfinite(losses)
-        first = torch.argmax(bad.to(torch.int8))  # the first True (0 when there is none)
-        steps, self._steps, self._losses = self._steps, [], []
-        return steps, torch.where(bad.any(), first, -1), losses[first]
-
-    @staticmethod
-    def raise_if_bad(step: int | None, loss: float | None) -> None:
-        """Raise :class:`TrainingDiverged` naming ``step`` unless it is ``None``."""
-        if step is not None:
-            raise TrainingDiverged(f"loss is {loss} at step {step}: training "
-                                   "diverged (try a smaller lr or step size, or energy_reg > 0)")
-
-
 @dataclass
 class StepOutput:
     """What one step leaves: device tensors until :meth:`host` is called."""
 
     parts: Mapping[str, Tensor]  # the loss and its parts (train/<key>): LossParts, read lazily
     grad_norm: Tensor | None     # parameter-gradient norm before clipping (when clipping)
-    seconds: float               # wall-clock of the step (host side; the monitor excluded)
     sampler: Any = None          # its stats() (of its last step) are read in host(), not before
     watch: DivergenceWatch | None = None
 
     def host(self) -> dict[str, float]:
         """Everything as floats in one transfer: ``train/<part>``, ``train/grad_norm`` and
-        ``sampler/<stat>`` keys. Raises :class:`TrainingDiverged` if any step since the watch
-        started had a non-finite loss."""
+        ``sampler/<stat>`` keys. Raises :class:`~pdebm.errors.TrainingDiverged` if a step the
+        watch observed since its last transfer had a non-finite loss."""
         values: dict[str, Any] = {f"train/{k}": v for k, v in self.parts.items()}
         values["train/grad_norm"] = self.grad_norm
         if self.sampler is not None:
@@ -126,22 +92,17 @@ def snapshot(energy: Any) -> FrozenEnergy:
     return frozen.refresh()
 
 
-def train_step(run: Trainable, x_data: Tensor, alpha: float = 0.0,
-               grad_clip: float | None = None, step: int = 0,
-               monitor: Callable[[Tensor, Tensor], None] | None = None,
+def train_step(run: Trainable, x_data: Tensor, negatives: tuple[Tensor, Tensor] | None = None,
+               *, alpha: float = 0.0, grad_clip: float | None = None, step: int = 0,
                watch: DivergenceWatch | None = None) -> StepOutput:
-    """One optimizer step on the data batch ``x_data``. ``monitor(x_neg, log_w)`` (if given)
-    sees the step's negatives before the update; ``step`` names a divergence.
+    """One optimizer step on the data batch ``x_data`` and the negatives ``(x_neg, log_w)`` of
+    ``run.sampler.negatives(run.energy)``, drawn here when not given; ``step`` names a
+    divergence.
 
     Without ``watch`` a non-finite loss is checked at once (one host sync, for callers that
-    take single steps); the trainer passes its :class:`DivergenceWatch` and checks it when it
-    fetches the numbers (:meth:`StepOutput.host`)."""
-    t0 = time.perf_counter()
-    x_neg, log_w = run.sampler.negatives(run.energy)
-    seconds = time.perf_counter() - t0
-    if monitor is not None:
-        monitor(x_neg, log_w)
-    t0 = time.perf_counter()
+    take single steps); the trainer passes its :class:`~pdebm.diverge.DivergenceWatch` and
+    checks it when it fetches the numbers (:meth:`StepOutput.host`)."""
+    x_neg, log_w = run.sampler.negatives(run.energy) if negatives is None else negatives
     loss, parts = loss_fn(run.energy, x_data, x_neg, log_w, alpha)
     if watch is None:
         DivergenceWatch.raise_if_bad(None if torch.isfinite(loss).item() else step,
@@ -158,4 +119,4 @@ def train_step(run: Trainable, x_data: Tensor, alpha: float = 0.0,
     if run.scheduler is not None:
         run.scheduler.step()
     run.sampler.update(before, run.energy)
-    return StepOutput(parts, grad_norm, seconds + time.perf_counter() - t0, run.sampler, watch)
+    return StepOutput(parts, grad_norm, run.sampler, watch)

@@ -28,8 +28,9 @@ import time
 import numpy as np
 import torch
 
+from pdebm.command import one_line_errors
 from pdebm.data.images import Digits, FashionMNIST, ImageDataset
-from pdebm.errors import ConfigError, check
+from pdebm.errors import check
 from pdebm.metrics.ais import fit_gaussian
 
 DATASETS = {"digits": Digits, "fashion_mnist": FashionMNIST}
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = {}
-    try:  # bad flags and bad data alike: one line, exit status 2, before any work
+    with one_line_errors():  # bad flags and bad data alike: one line, exit 2, before any work
         check(args.ks is None or min(args.ks) >= 1, "--ks must be positive integers")
         check(args.regs is None or min(args.regs) > 0, "--regs must be positive")
         for name in args.datasets:
@@ -135,9 +136,6 @@ def main(argv: list[str] | None = None) -> int:
                     ds, args.ks or DEFAULT_KS[name],
                     args.regs or (DEFAULT_REGS[name] if args.transform == "none" else ZCA_REGS),
                     log=lambda s: print(s, file=sys.stderr))
-    except ConfigError as e:
-        print(f"pdebm: error: {e}", file=sys.stderr)
-        return 2
     print("| data set | training images | model | log-likelihood (nats/image) | bits/dim |")
     print("|---|---|---|---|---|")
     for name, r in results.items():

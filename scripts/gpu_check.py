@@ -38,7 +38,8 @@ import torch  # noqa: E402
 from pdebm.config import compose_config  # noqa: E402
 from pdebm.metrics.ais import ais_log_z  # noqa: E402
 from pdebm.samplers.langevin import LangevinConfig  # noqa: E402
-from pdebm.step import DivergenceWatch, train_step  # noqa: E402
+from pdebm.diverge import DivergenceWatch  # noqa: E402
+from pdebm.step import train_step  # noqa: E402
 from pdebm.build import Run, build  # noqa: E402
 from pdebm.hostsync import count_host_reads  # noqa: E402
 

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import numpy as np
 import torch
 
+from pdebm.command import one_line_errors
 from pdebm.data.images import Digits, FashionMNIST, ImageDataset
-from pdebm.errors import ConfigError, check
+from pdebm.errors import check
 from pdebm.metrics.ais import fit_gaussian
 from pdebm.metrics.fid import image_score_for
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = {}
-    try:  # bad flags and bad data alike: one line, exit status 2, before any work
+    with one_line_errors():  # bad flags and bad data alike: one line, exit 2, before any work
         check(min(args.n) >= 2 and args.repeats >= 1 and args.components >= 1,
               "--n must be >= 2, --repeats and --components >= 1")
         for name in args.datasets:
@@ -117,9 +117,6 @@ def main(argv: list[str] | None = None) -> int:
                 cells = " | ".join(f"{v['fid']:.3f} ± {v['fid_sd']:.3f} | {v['kid']:.3f} ± "
                                    f"{v['kid_sd']:.3f}" for v in by_n.values())
                 print(f"| {row} | {cells} |")
-    except ConfigError as e:
-        print(f"pdebm: error: {e}", file=sys.stderr)
-        return 2
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=float)

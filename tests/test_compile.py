@@ -17,7 +17,8 @@ import torch
 from pdebm.build import build
 from pdebm.config import compose_config
 from pdebm.samplers import langevin as langevin_module
-from pdebm.step import DivergenceWatch, train_step
+from pdebm.diverge import DivergenceWatch
+from pdebm.step import train_step
 
 SAMPLERS = {
     "sgld": ["sampler=sgld", "sampler.n_steps=3"],

@@ -183,20 +183,26 @@ def test_adaptive_substeps_make_the_whole_move_where_the_guard_shrinks_it() -> N
     assert torch.allclose(m_fixed, torch.full((2,), 0.25, dtype=torch.float64), rtol=0.15)
 
 
+def host_reads_per_update(sampler: ParticleSampler, energy, n_moves: int, dt: float):
+    """After the first negatives, ``n_moves`` updates along the path (``dt`` of ``t`` each); yields
+    the host reads of each update (``{kind @ place: count}``) once it has run."""
+    sampler.negatives(energy)
+    for _ in range(n_moves):
+        before = energy.frozen()
+        energy.advance(dt)
+        with count_host_reads() as counts:
+            sampler.update(before, energy)
+        yield dict(counts)
+
+
 def test_adaptive_substeps_between_checks_run_the_planned_count_and_read_nothing() -> None:
     """Only every ``check_every``-th update reads the remaining move on the host; the others run
     the planned count and report what fraction of the move it made."""
     torch.manual_seed(0)
     energy = Shrink()
     sampler = shrinking_gauss_sampler(max_substeps=8, check_every=4)
-    sampler.negatives(energy)
-    for k in range(4):
-        before = energy.frozen()
-        energy.advance(0.25)
-        with count_host_reads() as counts:
-            sampler.update(before, energy)
-        reads = sum(counts.values())
-        assert (reads > 0) == (k == 0), (k, dict(counts))
+    for k, counts in enumerate(host_reads_per_update(sampler, energy, 4, 0.25)):
+        assert (sum(counts.values()) > 0) == (k == 0), (k, counts)
         st = sampler.stats()
         assert float(st["substeps"]) == sampler._planned
         assert 0 < float(st["move_fraction"]) <= 1
@@ -270,13 +276,8 @@ def test_a_default_update_reads_nothing_on_the_host_between_checks() -> None:
     torch.manual_seed(0)
     energy = FAMILIES["banana"]()
     sampler = default_sampler(adapt_accept=0.6, kernel={"mala": True}, check_every=5)
-    sampler.negatives(energy)
-    for k in range(5):
-        before = energy.frozen()
-        energy.advance(0.02)
-        with count_host_reads() as counts:
-            sampler.update(before, energy)
-        assert (sum(counts.values()) > 0) == (k == 0), (k, dict(counts))
+    for k, counts in enumerate(host_reads_per_update(sampler, energy, 5, 0.02)):
+        assert (sum(counts.values()) > 0) == (k == 0), (k, counts)
     st = sampler.stats()
     assert all(torch.is_tensor(st[k]) for k in ("k_hat", "unique_frac", "step_size", "mh_rate"))
 

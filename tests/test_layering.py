@@ -16,7 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 LAYERS = {  # top to bottom; a module's layer is that of the first pattern its name matches
-    "commands": ["pdebm.cli", "pdebm.preflight", "pdebm.train", "pdebm.eval", "pdebm.sample", "scripts."],
+    "commands": ["pdebm.cli", "pdebm.preflight", "pdebm.train", "pdebm.eval", "pdebm.sample",
+                 "pdebm.command", "scripts."],
     "run": ["pdebm.rundir", "pdebm.build", "pdebm.step", "pdebm.runlog", "pdebm.monitor", "pdebm.stop",
             "pdebm.checkpoint", "pdebm.resume", "pdebm.checkpoint_diff", "pdebm.diverge",
             "pdebm.progress", "pdebm.validate", "pdebm.hostsync"],

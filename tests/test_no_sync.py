@@ -17,7 +17,8 @@ from pdebm.build import build
 from pdebm.config import compose_config
 from pdebm.hostsync import count_host_reads
 from pdebm.samplers.langevin import LangevinConfig, langevin
-from pdebm.step import DivergenceWatch, train_step
+from pdebm.diverge import DivergenceWatch
+from pdebm.step import train_step
 from tests.conftest import FAST_SAMPLER
 
 

@@ -1,9 +1,9 @@
 """The one interface every sampler implements (docs/architecture.md, "Samplers"). The trainer
 calls only these methods and knows nothing else about a sampler.
 
-Per training step :func:`pdebm.step.train_step` does::
+Per training step the trainer (:mod:`pdebm.train`, then :func:`pdebm.step.train_step`) does::
 
-    x, log_w = sampler.negatives(energy)          # samples of the current model
+    x, log_w = sampler.negatives(energy)          # samples of the current model (the monitor's too)
     loss = pdebm.loss.loss_fn(energy, data, x, log_w, α)   # x used as returned (never detached)
     loss.backward(); before = θ_k snapshot (only if needs_previous_energy); optimizer.step()
     sampler.update(before, energy)                # particle dynamics lives here

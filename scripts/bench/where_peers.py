@@ -19,8 +19,9 @@ import torch
 
 from pdebm.build import build
 from pdebm.config import compose_config
+from pdebm.diverge import DivergenceWatch
 from pdebm.loss import loss_fn
-from pdebm.step import DivergenceWatch, train_step
+from pdebm.step import train_step
 
 OVERRIDES = ["dataset=8gaussians", "energy.hidden=128", "energy.depth=2", "batch_size=256",
              "sampler.n_steps=20", "langevin.step_size=0.1", "lr=1e-3", "betas=[0.9,0.999]",
