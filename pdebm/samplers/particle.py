@@ -14,7 +14,9 @@ After every optimizer step ``θ_k → θ_{k+1}`` (``update(before, after)``) the
    resampled (systematic) when ``ESS/N < ess_threshold``;
 3. **corrected** by ``K`` Langevin steps aimed at ``θ_{k+1}`` (the shared kernel, which adds
    the ULA weight increment; after a resampling these moves are the diversification; with
-   ``adapt_accept`` MALA's ``ε`` follows a target acceptance);
+   ``adapt_accept`` MALA's ``ε`` follows a target acceptance; with ``curvature_step`` they are
+   Metropolis-adjusted moves scaled per particle and direction by the Hessian of ``E``,
+   :mod:`pdebm.samplers.langevin`);
 4. partly **refreshed** with draws from the energy's (current) base distribution.
 
 Weights. The log-weights keep their absolute scale, ``w = exp(−E)/q`` for the particles'
@@ -47,7 +49,7 @@ from pdebm.energy.base import Energy, EnergyModel, FrozenEnergy
 from pdebm.errors import check, one_of, positive
 from pdebm.samplers.base import Sampler
 from pdebm.samplers.fields import make_field
-from pdebm.samplers.langevin import LangevinConfig, langevin
+from pdebm.samplers.langevin import MH_LOW, LangevinConfig, langevin
 from pdebm.samplers.weights import (PARETO_K_WARN, Curvature, ExactCurvature,
                                     HutchinsonCurvature, distinct_fraction,
                                     effective_sample_size, jacobian_guard, logmeanexp,
@@ -60,6 +62,10 @@ ADAPT_GAIN = 1.0
 """Gain of the step-size adaptation: ``log ε`` moves by this times (acceptance − target) per update."""
 MOVE_TOL = 1e-6
 """Adaptive substeps stop (on a planning update) once less than this fraction of the move is left."""
+MH_LOW_WARN = 1e-3
+"""Warn when more than this fraction of the plain kernel's correction proposals (mean over a check
+window) had an acceptance probability below ``MH_LOW``: on the prescribed paths 0 on every
+family the default passes, 0.25–0.93 % on the hard banana it fails (docs/method.md)."""
 EXACT_LOGDET_MAX_DIM = 10
 """``logdet: auto`` takes the full Hessian up to this data dimension and Hutchinson probes above."""
 
@@ -133,6 +139,11 @@ class ParticleSampler(Sampler):
             Metropolis–Hastings acceptance probability of its proposals approaches this target
             (``None``: fixed ``ε``). MALA only (``langevin.mala: true``).
         step_bounds: ``[lo, hi]`` for the adapted ``ε``.
+        curvature_step: ``κ`` of the curvature-scaled correction (``None``: the plain kernel):
+            Metropolis-adjusted moves with the per-direction step ``min(curvature_max_step,
+            κ/|λ_j(∇²E)|)`` (:mod:`pdebm.samplers.langevin`); exact Hessians, so at most
+            :data:`EXACT_LOGDET_MAX_DIM` dimensions. ``sampler=particle_curved``.
+        curvature_max_step: the largest per-direction step of the curvature-scaled correction.
         jacobian_bounds: ``[lo, hi]``, the range allowed for the eigenvalues of ``∇T`` (shrinks
             ``φ``; weighted: all eigenvalues, unweighted: the quadratic term's).
         power_iters: power iterations for the spectral-radius bound of ``∇²δE`` with Hutchinson.
@@ -150,7 +161,8 @@ class ParticleSampler(Sampler):
                  step_bounds: tuple[float, float] = (1e-4, 1.0),
                  jacobian_bounds: tuple[float, float] = (0.8, 1.25), power_iters: int = 5,
                  refresh_steps: int = 0,
-                 refresh_step_size: float = 1.0, refresh_noise_scale: float | None = 0.005
+                 refresh_step_size: float = 1.0, refresh_noise_scale: float | None = 0.005,
+                 curvature_step: float | None = None, curvature_max_step: float = 200.0
                  ) -> None:
         super().__init__()
         positive("sampler.n_samples", n_samples)
@@ -172,6 +184,17 @@ class ParticleSampler(Sampler):
         positive("sampler.power_iters", power_iters, allow_zero=True)
         self.field = make_field(field, max_displacement)
         self.kernel = LangevinConfig.from_settings(n_steps, kernel)
+        if curvature_step is not None:
+            positive("sampler.curvature_step", curvature_step)
+            check(self.kernel.noise_scale is None,
+                  "sampler.curvature_step needs langevin.noise_scale=null (σ = √ε(x))")
+            positive("sampler.curvature_max_step", curvature_max_step)
+            check(self.kernel.grad_clip is None and adapt_accept is None,
+                  "sampler.curvature_step sets its own steps: it takes neither langevin.grad_clip "
+                  "nor sampler.adapt_accept")
+            self.kernel = replace(self.kernel, curvature=float(curvature_step),
+                                  max_step=float(curvature_max_step))
+            self.requires_2d = True  # exact Hessians at every move (build refuses image data)
         self.n_samples, self.delta, self.refresh = int(n_samples), delta, float(refresh)
         self.init, self.burn_in, self.weighted = init, int(burn_in), bool(weights)
         self.logdet, self.n_probes, self.ess_threshold = logdet, int(n_probes), ess_threshold
@@ -194,6 +217,8 @@ class ParticleSampler(Sampler):
         self._k_hat_sum: Tensor | None = None  # sum of k̂ since the last host check
         self._k_hat_count = 0
         self._warned_k_hat = False
+        self._mh_low_sum: Tensor | None = None  # sum of mh_low since the last host check
+        self._warned_mh_low = False
         if self.weighted and self.kernel.n_steps == 0 and ess_threshold > 0:
             warnings.warn("sampler: n_steps=0 with resampling (ess_threshold > 0): a resampling "
                           "only duplicates particles and nothing moves the copies apart")
@@ -263,6 +288,11 @@ class ParticleSampler(Sampler):
             stats["step_size"] = self._log_step.exp()
         if out.mh_rate is not None:
             stats["mh_rate"] = out.mh_rate
+        if out.mh_low is not None:
+            stats["mh_low"] = out.mh_low
+            if self.kernel.curvature is None:  # its large flat-direction proposals are meant to fail often
+                self._mh_low_sum = (out.mh_low if self._mh_low_sum is None
+                                    else self._mh_low_sum + out.mh_low)
         if out.accept_rate is not None:
             stats["accept_rate"] = torch.as_tensor(out.accept_rate)
         x, log_w = self._refresh(energy_after, out.x, out.log_weights if self.weighted else log_w)
@@ -363,7 +393,25 @@ class ParticleSampler(Sampler):
                               "the weighted negatives may miss mass that ESS/N cannot see "
                               "(docs/method.md, \"What the sampler guarantees\")")
                 self._warned_k_hat = True
+            self._watch_mh_low(self._k_hat_count)
             self._k_hat_sum, self._k_hat_count = None, 0
+
+    def _watch_mh_low(self, count: int) -> None:
+        """On a host check: warn once, in one line, when the mean ``mh_low`` over the window is
+        above :data:`MH_LOW_WARN` (the step is too large for the curvature where some particles
+        are: weighted ULA throws them off and their weights collapse, MALA leaves them stuck)."""
+        if self._mh_low_sum is None:
+            return
+        mean = float(self._mh_low_sum) / count
+        if mean > MH_LOW_WARN and not self._warned_mh_low:
+            warnings.warn(f"sampler: {100 * mean:.2f} % of the Langevin corrections' proposals had "
+                          f"an acceptance probability below {MH_LOW} over the last "
+                          f"{count} update(s): langevin.step_size is too large for "
+                          "the model's curvature where some particles are, and the weighted "
+                          "negatives miss that mass whatever ESS/N and k̂ say (smaller "
+                          "step_size, or sampler=particle_curved on 2D data; docs/method.md)")
+            self._warned_mh_low = True
+        self._mh_low_sum = None
 
     def _initialise(self, energy: EnergyModel) -> None:
         """Draw the particles from the base and burn them in unless the model *is* the base.
@@ -372,6 +420,9 @@ class ParticleSampler(Sampler):
         log-mean-exp estimates ``log Z_0``, the weights' starting value.
         """
         x = energy.sample_base(self.n_samples).detach()
+        check(self.kernel.curvature is None or x[0].numel() <= EXACT_LOGDET_MAX_DIM,
+              f"sampler.curvature_step needs data of at most {EXACT_LOGDET_MAX_DIM} dimensions "
+              f"(it takes the exact Hessian at every Langevin step), got {x[0].numel()}")
         log_z = torch.zeros((), device=x.device)
         if self.init != "exact":
             with torch.no_grad():
