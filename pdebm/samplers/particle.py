@@ -321,6 +321,9 @@ class ParticleSampler(Sampler):
         - ``accept_rate``: MALA's acceptance rate;
         - ``mh_rate`` (weighted or MALA): mean Metropolis–Hastings acceptance probability of the
           correction's proposals; ``step_size``: the adapted ``ε`` (``adapt_accept``);
+        - ``mh_low`` (weighted or MALA): the fraction of those proposals whose acceptance
+          probability was below ``MH_LOW`` (1 %): the step is too large for ``E``'s curvature
+          there (warned about, for the plain kernel, above :data:`MH_LOW_WARN`);
         - ``k_hat`` (weighted): Pareto ``k̂`` of the reweighted particles' weights (before
           resampling); above 0.7 the weighted estimates are unreliable whatever ESS says;
         - ``unique_frac``: fraction of the negatives handed out that are not exact copies of
