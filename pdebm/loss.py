@@ -7,12 +7,6 @@ estimates it is (docs/method.md, "The loss")::
     L = mean_j E(data_j) − Σ_i w̄_i E(x_i) + α (mean_j E(data_j)² + Σ_i w̄_i E(x_i)²)
 
 ``α`` (``energy_reg``) keeps energies near zero. The weights are treated as constants.
-
-The particle sampler reads ``∇ₓE(x_i)`` off the gradient the trainer's backward leaves in its
-negatives: ``x.grad_i = (∂L/∂E(x_i)) ∇ₓE(x_i)``. :func:`negatives_grad_factor` gives that
-factor by differentiating :func:`contrastive_loss` itself, so a change to the loss carries the
-shortcut along. The rule that comes with it: the trainer never detaches the negatives, and calls
-``backward`` before ``sampler.update``.
 """
 
 from __future__ import annotations
@@ -73,13 +67,3 @@ def loss_fn(energy: Energy, x_data: Tensor, x_neg: Tensor, log_w: Tensor,
     w_bar = torch.softmax(log_w.detach(), 0)
     loss = contrastive_loss(e_data, e_neg, w_bar, alpha)
     return loss, LossParts(loss, e_data, e_neg, w_bar)
-
-
-def negatives_grad_factor(e_neg: Tensor, log_w: Tensor, alpha: float) -> Tensor:
-    """``∂L/∂E(x_i)`` per negative, by autograd of :func:`contrastive_loss` (the loss is a sum of
-    a data term and a negatives term, so the data energies do not enter this derivative)."""
-    with torch.enable_grad():
-        e = e_neg.detach().clone().requires_grad_(True)
-        loss = contrastive_loss(e.new_zeros(1), e, torch.softmax(log_w.detach(), 0), alpha)
-        (factor,) = torch.autograd.grad(loss, e)
-    return factor

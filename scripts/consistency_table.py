@@ -35,6 +35,7 @@ VARIANTS: dict[str, dict] = {
     "bounds=[0.1,10]": {"jacobian_bounds": (0.1, 10.0)},
     "unweighted": {"weights": False},
     "unweighted basis": {"weights": False, "field": "basis"},
+    "curved": {"curvature_step": 1.0, "curvature_max_step": 200.0},  # sampler=particle_curved
 }
 
 

@@ -44,8 +44,7 @@ SAMPLERS = {
     "particle_paper": ["sampler=particle_paper", "sampler.n_steps=2"],
     # pdebm's default: optimal c*, importance weights, exact δE, exact 2D Hessian log-det
     "particle": ["sampler=particle", "sampler.n_steps=2"],
-    # unweighted: ∇E_θk read off the trainer's x.grad (the shortcut); the warm-up step is its
-    # host check (shortcut_check_every), the 3 counted ones take the device path
+    # unweighted: the transport and the corrections, no Hessian
     "particle_unweighted": ["sampler=particle_unweighted", "sampler.n_steps=2"],
     "particle_basis": ["sampler=particle", "sampler.n_steps=2", "sampler.field=basis"],
 }
@@ -111,101 +110,6 @@ def test_divergence_is_caught_at_the_next_transfer_with_its_step():
         out = train_step(run, x, step=k, watch=watch)  # no error while the numbers stay put
     with pytest.raises(TrainingDiverged, match="at step 1"):
         out.host()
-
-
-# ------------------------------------------- the unweighted x.grad shortcut's device path
-def _shortcut_setup(alpha_in_sampler: float, n_underflow: int):
-    """A sampler after one trainer backward whose ``x.grad`` holds ``∂L/∂E_i ∇E_θk``; the first
-    ``n_underflow`` particles have ``w̄_i = 0`` (factor 0: ``x.grad`` cannot give their ∇E)."""
-    from pdebm.energy.mlp import MLPEnergy
-    from pdebm.samplers.particle import ParticleSampler
-    torch.manual_seed(6)
-    n, alpha = 64, 0.3
-    energy = MLPEnergy((2,), torch.zeros(2), torch.ones(2), hidden=16, depth=2,
-                       zero_init_last=False)
-    opt = torch.optim.SGD(energy.parameters(), lr=1e-2)
-    sampler = ParticleSampler(n_samples=n, n_steps=0, init="exact",
-                              loss_energy_reg=alpha_in_sampler)
-    sampler.negatives(energy)
-    sampler.log_w = torch.randn(n)
-    sampler.log_w[:n_underflow] = -200.0
-    x, log_w = sampler.negatives(energy)
-    w_bar = torch.softmax(log_w, 0)
-    e_neg = energy(x)
-    opt.zero_grad()
-    (-(w_bar * e_neg).sum() + alpha * (w_bar * e_neg.pow(2)).sum()).backward()
-    before = energy.frozen()
-    opt.step()
-    with torch.no_grad():
-        e_before = before(sampler.x)
-    return sampler, before, energy, e_before
-
-
-@pytest.mark.parametrize("n_underflow", [1, 2])
-def test_shortcut_device_path_reads_nothing_and_falls_back_on_the_device(n_underflow):
-    from pdebm.samplers.langevin import energy_and_grad
-    from pdebm.samplers.particle import SHORTCUT_FALLBACK
-    sampler, before, after, e_before = _shortcut_setup(0.3, n_underflow)
-    x = sampler.x
-    _, grad_after = energy_and_grad(after, x)
-    _, direct = energy_and_grad(before, x)
-    evals = sampler.grad_evals
-    with count_host_reads() as counts:
-        got = sampler._grad_before_on_device(before, x, e_before, grad_after)
-    assert dict(counts) == {}
-    assert sampler.grad_evals - evals == 1 + SHORTCUT_FALLBACK  # what it computed
-    skipped = n_underflow - SHORTCUT_FALLBACK if n_underflow > SHORTCUT_FALLBACK else 0
-    assert int(sampler._skipped) == skipped
-    tol = dict(rtol=1e-4, atol=1e-5 * float(direct.abs().max()))
-    # the particles x.grad can give, and the budget's direct passes, are exact ∇E_θk
-    exact = torch.ones(x.shape[0], dtype=torch.bool)
-    exact[SHORTCUT_FALLBACK:n_underflow] = False
-    assert torch.allclose(got[exact], direct[exact], **tol)
-    # the rest get ∇E_θk+1 (∇δE = 0: no transport this update), and differ from ∇E_θk
-    assert torch.equal(got[~exact], grad_after[~exact])
-    assert not torch.allclose(got[~exact], direct[~exact], **tol) or not (~exact).any()
-
-
-def test_shortcut_device_path_failed_check_skips_the_transport_and_the_host_check_warns():
-    """Wrong ``loss_energy_reg``: the device path leaves every particle untransported (∇δE = 0)
-    and counts them; the next host check warns about them, and turns the shortcut off."""
-    from pdebm.samplers.langevin import energy_and_grad
-    sampler, before, after, e_before = _shortcut_setup(0.0, 0)
-    x = sampler.x
-    _, grad_after = energy_and_grad(after, x)
-    got = sampler._grad_before_on_device(before, x, e_before, grad_after)
-    n_direct = 2  # the check particle and SHORTCUT_FALLBACK = 1 least usable one
-    assert int(sampler._skipped) == x.shape[0] - n_direct
-    assert (got == grad_after).all(1).sum() == x.shape[0] - n_direct
-    with pytest.warns(UserWarning) as record:
-        sampler._grad_before_from_loss(before, x, e_before)
-    text = " ".join(str(r.message) for r in record)
-    assert "loss_energy_reg" in text and f"{x.shape[0] - n_direct} particle(s) were not" in text
-    assert sampler._shortcut_off
-
-
-def test_shortcut_check_every_gives_the_same_particles():
-    """Host-checked every update vs every 100: the same particles (one particle with
-    2αE ≈ 1 shows up at update 4 here; both paths pass it directly) and the costs counted."""
-    from pdebm.samplers.particle import SHORTCUT_FALLBACK
-    cfg_common = ["batch_size=64", "sampler.n_samples=64", "energy.hidden=32", "progress=false",
-                  "device=cpu", "energy_reg=0.1", "sampler=particle", "sampler.weights=false",
-                  "sampler.n_steps=2"]
-    runs = []
-    for every in (1, 100):
-        torch.manual_seed(3)
-        cfg = compose_config([*cfg_common, f"sampler.shortcut_check_every={every}"])
-        run = build(cfg)
-        torch.manual_seed(4)
-        for k in range(5):
-            train_step(run, run.dataset.train_batch(64), alpha=0.1, step=k)
-        runs.append((run.sampler.x.clone(), run.sampler.grad_evals))
-    assert torch.allclose(runs[0][0], runs[1][0], atol=1e-5)
-    # per update: ∇E_θk+1 (N), the check (1), Langevin (2N); the device path (updates 2-5) adds
-    # its SHORTCUT_FALLBACK passes, a host check one pass per unusable particle (here: 0 or 1)
-    n = 64
-    assert runs[1][1] == 5 * (3 * n + 1) + 4 * SHORTCUT_FALLBACK
-    assert 5 * (3 * n + 1) <= runs[0][1] <= 5 * (3 * n + 1) + 5
 
 
 @pytest.mark.parametrize("name", ["particle", "particle_basis"])

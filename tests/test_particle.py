@@ -23,9 +23,7 @@ from torch import Tensor, nn
 from pdebm.energy.base import EnergyModel, FrozenEnergy
 from pdebm.energy.mlp import MLPEnergy
 from pdebm.errors import ConfigError
-from pdebm.samplers.langevin import energy_and_grad
-from pdebm.samplers.particle import (SHORTCUT_FALLBACK, ParticleSampler, exact_delta,
-                                     first_order_delta)
+from pdebm.samplers.particle import ParticleSampler, exact_delta, first_order_delta
 from pdebm.step import train_step
 from pdebm.samplers.weights import (ExactCurvature, HutchinsonCurvature, ess, hessian,
                                     systematic_resample)
@@ -163,7 +161,7 @@ def test_optimal_transport_tracks_a_gaussian_path_without_langevin(field: str) -
             assert mean_err < tol_mean and cov_err < tol_cov, (k, mean_err, cov_err)
     if field == "none":
         assert mean_err > 10 * tol_mean and cov_err > 5 * tol_cov
-    # no loss.backward here, so ∇E_θk is a direct pass: 2N per step (N with the shortcut)
+    # ∇δE: 2N per step
     assert sampler.grad_evals == (100 * 2 * n if field == "optimal" else 0)
 
 
@@ -286,77 +284,12 @@ def test_systematic_resampling_preserves_weighted_expectations() -> None:
     assert abs(ess(log_w) - 1 / float(w_bar.pow(2).sum())) < 1e-6 * n
 
 
-# --------------------------------------------------------------------- ∇E_old from x.grad
-@pytest.mark.parametrize("alpha", [0.0, 0.3])
-def test_grad_from_loss_equals_direct_gradient(alpha: float) -> None:
-    torch.manual_seed(6)
-    n = 64
-    energy = mlp_energy()
-    opt = torch.optim.SGD(energy.parameters(), lr=1e-2)
-    sampler = ParticleSampler(n_samples=n, n_steps=0, init="exact", loss_energy_reg=alpha)
-    sampler.negatives(energy)
-    # any log-weights the trainer might get; one underflows (w̄ = 0) and needs a direct pass
-    sampler.log_w = torch.randn(n)
-    sampler.log_w[0] = -200.0
-    x, log_w = sampler.negatives(energy)
-    w_bar = torch.softmax(log_w, 0)
-    e_neg = energy(x)
-    loss = -(w_bar * e_neg).sum() + alpha * (w_bar * e_neg.pow(2)).sum()
-    opt.zero_grad()
-    loss.backward()
-    before = energy.frozen()
-    opt.step()
-    evals = sampler.grad_evals
-    with torch.no_grad():
-        e_before = before(sampler.x)
-    got = sampler._grad_before_from_loss(before, sampler.x, e_before)
-    _, direct = energy_and_grad(before, sampler.x)
-    assert torch.allclose(got, direct, rtol=1e-4, atol=1e-5 * float(direct.abs().max()))
-    # the per-step check, the underflowed particle, and any particle with 2αE ≈ 1
-    assert 2 <= sampler.grad_evals - evals <= 4
-
-
-def test_grad_from_loss_falls_back_when_alpha_is_wrong() -> None:
-    torch.manual_seed(7)
-    data = torch.randn(64, 2)
-    runs = []
-    for alpha_in_sampler, reuse in ((0.0, True), (0.5, False)):
-        torch.manual_seed(8)
-        energy = mlp_energy()
-        opt = torch.optim.SGD(energy.parameters(), lr=1e-2)
-        sampler = ParticleSampler(n_samples=64, n_steps=0, init="exact",
-                                  loss_energy_reg=alpha_in_sampler, reuse_loss_grad=reuse)
-        if reuse:
-            with pytest.warns(UserWarning, match="loss_energy_reg"):
-                trainer_step(energy, opt, sampler, data, alpha=0.5)
-        else:
-            trainer_step(energy, opt, sampler, data, alpha=0.5)
-        runs.append(sampler.x)
-    assert torch.allclose(runs[0], runs[1], atol=1e-6)
-
-
-def test_shortcut_and_direct_gradient_give_the_same_particles() -> None:
-    data = torch.randn(128, 2) * 0.5 + 1
-    runs = []
-    for reuse in (True, False):
-        torch.manual_seed(9)
-        energy = mlp_energy()
-        opt = torch.optim.Adam(energy.parameters(), lr=1e-2)
-        sampler = ParticleSampler(n_samples=128, n_steps=3, init="exact", loss_energy_reg=0.1,
-                                  reuse_loss_grad=reuse)
-        for _ in range(5):
-            trainer_step(energy, opt, sampler, data, alpha=0.1)
-        runs.append((sampler.x, sampler.grad_evals))
-    assert torch.allclose(runs[0][0], runs[1][0], atol=1e-5)
-    assert runs[0][1] < runs[1][1]  # and it is cheaper: 1 + N instead of 2N per step
-
-
 # -------------------------------------------------------------------------------- resume
 @pytest.mark.parametrize("settings", [
-    {"loss_energy_reg": 0.1},
+    {},
     {"weights": True, "ess_threshold": 0.99, "refresh": 0.2, "substeps": 2},
     {"delta": "first_order", "weights": True, "kernel": {"mala": True}, "logdet": "hutchinson"},
-], ids=["unweighted-shortcut", "weighted-resample-refresh", "first-order-hutchinson-mala"])
+], ids=["unweighted", "weighted-resample-refresh", "first-order-hutchinson-mala"])
 def test_state_dict_round_trip_reproduces_the_next_update(settings: dict) -> None:
     torch.manual_seed(10)
     data = torch.randn(64, 2) * 0.5 + 1
@@ -384,7 +317,7 @@ def test_state_dict_round_trip_reproduces_the_next_update(settings: dict) -> Non
 
 
 @pytest.mark.parametrize("settings", [
-    {"loss_energy_reg": 0.1},
+    {},
     {"weights": True, "delta": "first_order", "ess_threshold": 0.99, "refresh": 0.25},
 ], ids=["unweighted", "weighted-hutchinson"])
 def test_image_shaped_particles(settings: dict) -> None:
@@ -400,12 +333,10 @@ def test_image_shaped_particles(settings: dict) -> None:
     x, log_w = sampler.negatives(energy)
     assert x.shape == (n, *shape) and log_w.shape == (n,)
     assert torch.isfinite(x).all() and torch.isfinite(log_w).all() and sampler.stats()["c"] > 0
-    # per update: ∇δE 2N, one probe 2N, 5 power iterations 10N, Langevin 3N (weighted ULA) —
-    # or the shortcut's N + 1 and Langevin's 2N (plain ULA), plus SHORTCUT_FALLBACK direct passes
-    # on the 2 updates after the first (device path; the first is the host-checked one)
-    per_update = 17 * n if sampler.weighted else 3 * n + 1
-    extra = 0 if sampler.weighted else 2 * SHORTCUT_FALLBACK
-    assert sampler.grad_evals == 3 * per_update + extra
+    # per update: ∇δE 2N, then one probe 2N, 5 power iterations 10N, Langevin 3N (weighted
+    # ULA) — or Langevin's 2N (plain ULA)
+    per_update = 17 * n if sampler.weighted else 4 * n
+    assert sampler.grad_evals == 3 * per_update
 
 
 # ----------------------------------------------------------------- initialisation and config

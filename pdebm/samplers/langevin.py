@@ -9,6 +9,21 @@ exactly invariant.
 Weighted particles (docs/method.md, "Importance weights"): MALA keeps importance weights valid as they are; after a ULA
 move the weight must gain ``−E(x') + E(x) + log q(x|x') − log q(x'|x)``, which this kernel adds
 when ``log_weights`` is given.
+
+**Curvature-scaled step** (``LangevinConfig.curvature = κ``, set by a sampler's
+``curvature_step``; off by default): a Metropolis-adjusted move whose step is scaled by the local
+curvature, per particle and per direction,
+
+    ``x' = x − ½M(x)∇E(x) + M(x)^{1/2}ξ``,   ``M = V diag(ε_j) Vᵀ``,   ``ε_j = min(max_step, κ/|λ_j|)``
+
+over the eigenpairs ``(λ_j, v_j)`` of the exact Hessian ``∇²E(x)`` (low dimension only). Stiff
+directions get small steps, flat ones large steps (up to ``max_step``). ``M`` is a deterministic
+function of the point a move starts from, so the reverse proposal (with ``M(x')``) is a known
+density and the Metropolis–Hastings ratio, normalisers ``det M^{−1/2}`` included, makes the move
+exact: ``exp(−E)`` is invariant and importance weights stay as they are. Always MH-adjusted:
+the same step without the adjustment targets the wrong density (it lacks the divergence term
+of a position-dependent diffusion) and was worse on the curved prescribed paths
+(docs/method.md). Cost: the Hessian (``d`` double-backward passes) at every proposal.
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ from torch.func import functional_call, grad_and_value
 
 from pdebm.energy.base import Energy, FrozenEnergy
 from pdebm.errors import check, positive
+from pdebm.samplers.weights import hessian
 
 
 def energy_and_grad(energy: Energy, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -122,6 +138,11 @@ class LangevinConfig:
     mala: bool = False
     grad_clip: float | None = None
     compile: bool = False
+    curvature: float | None = None
+    """``κ`` of the curvature-scaled step (module docstring; not a ``langevin:`` key: samplers set
+    it, ``sampler.curvature_step``); ``None``: every particle moves with ``ε``."""
+    max_step: float = 200.0
+    """The curvature-scaled step's largest ``ε_j`` (flat or nearly flat directions)."""
 
     @classmethod
     def from_settings(cls, n_steps: int, kernel: Mapping[str, Any] | None,
@@ -167,6 +188,13 @@ class LangevinResult:
     mh_rate: Tensor | None = None  # mean Metropolis–Hastings acceptance probability min(1, r) of
     # the proposals (MALA and weighted ULA, where r is computed anyway; a 0-d device tensor): a
     # step-size signal for ULA too (a caller may adapt ε to it; the kernel itself never does)
+    mh_low: Tensor | None = None   # fraction of those proposals with min(1, r) < MH_LOW: moves
+    # the step size cannot make (a weighted ULA particle loses ≥ 100× its weight in one step)
+
+
+MH_LOW = 0.01
+"""A proposal whose Metropolis–Hastings acceptance probability is below this counts in
+``mh_low``: where ``ε`` is too large for the local curvature (ULA diverging, MALA stuck)."""
 
 
 def _drift(g: Tensor, cfg: LangevinConfig) -> Tensor:
@@ -175,6 +203,39 @@ def _drift(g: Tensor, cfg: LangevinConfig) -> Tensor:
         scale = (cfg.grad_clip / norm).clamp(max=1.0)
         g = g * scale.view(-1, *([1] * (g.dim() - 1)))
     return -0.5 * cfg.step_size * g
+
+
+def energy_grad_and_metric(energy: Energy, x: Tensor, cfg: LangevinConfig
+                           ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``E(x)``, ``∇ₓE(x)`` and the curvature-scaled step of each particle (module docstring):
+    ``M(x) = V diag(ε_j) Vᵀ`` with ``ε_j = min(max_step, κ/|λ_j|)`` over the eigenpairs
+    ``(λ_j, v_j)`` of the exact Hessian ``∇²E(x)`` (``d`` double-backward passes), as
+    ``(V, ε)``: float64, ``(N, d, d)`` and ``(N, d)``."""
+    with torch.enable_grad():
+        xs = x.detach().requires_grad_(True)
+        e = energy(xs)
+        (g,) = torch.autograd.grad(e.sum(), xs, create_graph=True)
+        h = hessian(g, xs).double()
+    lam, vec = torch.linalg.eigh(0.5 * (h + h.mT))
+    tiny = torch.finfo(torch.float64).tiny
+    eps = torch.clamp(cfg.curvature / lam.abs().clamp_min(tiny), max=cfg.max_step)
+    return e.detach(), g.detach(), vec, eps
+
+
+def _apply(vec: Tensor, scale: Tensor, v: Tensor) -> Tensor:
+    """``V diag(scale) Vᵀ v`` per particle (``v``: (N, *shape); float64 in, ``v``'s shape out)."""
+    flat = v.double().flatten(1)
+    out = torch.einsum("nij,nj,nkj,nk->ni", vec, scale, vec, flat)
+    return out.reshape(v.shape)
+
+
+def _log_q_metric(x_to: Tensor, x_from: Tensor, g_from: Tensor, vec: Tensor, eps: Tensor
+                  ) -> Tensor:
+    """``log N(x_to; x_from − ½M∇E(x_from), M)``, ``M = V diag(ε) Vᵀ`` of ``x_from``, up to
+    ``−(d/2) log 2π`` (the normaliser ``−½ log det M`` differs between the two directions)."""
+    r = (x_to.double() - x_from.double() + 0.5 * _apply(vec, eps, g_from)).flatten(1)
+    proj = torch.einsum("nij,ni->nj", vec, r)                         # Vᵀ r
+    return -0.5 * (proj.pow(2) / eps).sum(1) - 0.5 * eps.log().sum(1)
 
 
 def _log_q(x_to: Tensor, x_from: Tensor, drift_from: Tensor, sigma: float) -> Tensor:
@@ -200,6 +261,8 @@ def langevin(energy: Energy, x: Tensor, cfg: LangevinConfig,
     if cfg.n_steps == 0:
         return LangevinResult(x, log_weights, None, 0)
     with frozen_parameters(energy):
+        if cfg.curvature is not None:
+            return _langevin_scaled(energy, x, cfg, log_weights, clamp)
         return _langevin(energy, x, cfg, log_weights, clamp)
 
 
@@ -216,6 +279,7 @@ def _langevin(energy: Energy, x: Tensor, cfg: LangevinConfig, log_weights: Tenso
     evals += 1
     accepted = torch.zeros((), device=x.device)
     mh = torch.zeros((), device=x.device)
+    low = torch.zeros((), device=x.device)
     for _ in range(cfg.n_steps):
         drift = _drift(g, cfg)
         x_new = x + drift + sigma * torch.randn_like(x)
@@ -233,6 +297,7 @@ def _langevin(energy: Energy, x: Tensor, cfg: LangevinConfig, log_weights: Tenso
         log_ratio = (-e_new + e + _log_q(x, x_new, _drift(g_new, cfg), sigma)
                      - _log_q(x_new, x, drift, sigma))
         mh = mh + torch.exp(log_ratio.clamp(max=0)).mean()
+        low = low + (log_ratio < math.log(MH_LOW)).float().mean()
         if cfg.mala:
             accept = torch.rand(n, device=x.device).log() < log_ratio
             accepted = accepted + accept.float().mean()
@@ -245,4 +310,45 @@ def _langevin(energy: Energy, x: Tensor, cfg: LangevinConfig, log_weights: Tenso
             x, e, g = x_new, e_new, g_new
     rate = accepted / cfg.n_steps if cfg.mala else None
     return LangevinResult(x.detach(), log_weights, rate, evals * n,
-                          mh / cfg.n_steps if need_pair else None)
+                          mh / cfg.n_steps if need_pair else None,
+                          low / cfg.n_steps if need_pair else None)
+
+
+def _langevin_scaled(energy: Energy, x: Tensor, cfg: LangevinConfig, log_weights: Tensor | None,
+                     clamp: tuple[float, float] | None) -> LangevinResult:
+    """Metropolis-adjusted Langevin with the curvature-scaled step (module docstring):
+    ``x' = x − ½M(x)∇E(x) + M(x)^{1/2}ξ``, accepted with the ratio that uses ``M(x')`` for the
+    reverse move. Always Metropolis-adjusted (importance weights unchanged). Every evaluation
+    takes the Hessian: ``1 + 2d`` counted gradient passes per particle."""
+    n, d = x.shape[0], x[0].numel()
+    per_eval = 1 + 2 * d
+    e, g, vec, eps = energy_grad_and_metric(energy, x, cfg)
+    evals = 1
+    accepted = torch.zeros((), device=x.device)
+    mh = torch.zeros((), device=x.device)
+    low = torch.zeros((), device=x.device)
+    shape = (-1, *([1] * (x.dim() - 1)))
+    for _ in range(cfg.n_steps):
+        noise = torch.randn_like(x)
+        step = -0.5 * _apply(vec, eps, g) + _apply(vec, eps.sqrt(), noise)
+        x_new = x + step.to(x.dtype)
+        if clamp is not None:
+            x_new = x_new.clamp(*clamp)
+        e_new, g_new, vec_new, eps_new = energy_grad_and_metric(energy, x_new, cfg)
+        evals += 1
+        log_ratio = (-e_new.double() + e.double()
+                     + _log_q_metric(x, x_new, g_new, vec_new, eps_new)
+                     - _log_q_metric(x_new, x, g, vec, eps))
+        log_ratio = torch.nan_to_num(log_ratio, nan=-math.inf)
+        mh = mh + torch.exp(log_ratio.clamp(max=0)).mean()
+        low = low + (log_ratio < math.log(MH_LOW)).float().mean()
+        accept = torch.rand(n, device=x.device, dtype=torch.float64).log() < log_ratio
+        accepted = accepted + accept.float().mean()
+        mask = accept.view(shape)
+        x = torch.where(mask, x_new, x)
+        e = torch.where(accept, e_new, e)
+        g = torch.where(mask, g_new, g)
+        vec = torch.where(accept.view(-1, 1, 1), vec_new, vec)
+        eps = torch.where(accept.view(-1, 1), eps_new, eps)
+    return LangevinResult(x.detach(), log_weights, accepted / cfg.n_steps, evals * n * per_eval,
+                          (mh / cfg.n_steps).float(), low / cfg.n_steps)

@@ -14,7 +14,9 @@ After every optimizer step ``θ_k → θ_{k+1}`` (``update(before, after)``) the
    resampled (systematic) when ``ESS/N < ess_threshold``;
 3. **corrected** by ``K`` Langevin steps aimed at ``θ_{k+1}`` (the shared kernel, which adds
    the ULA weight increment; after a resampling these moves are the diversification; with
-   ``adapt_accept`` MALA's ``ε`` follows a target acceptance);
+   ``adapt_accept`` MALA's ``ε`` follows a target acceptance; with ``curvature_step`` they are
+   Metropolis-adjusted moves scaled per particle and direction by the Hessian of ``E``,
+   :mod:`pdebm.samplers.langevin`);
 4. partly **refreshed** with draws from the energy's (current) base distribution.
 
 Weights. The log-weights keep their absolute scale, ``w = exp(−E)/q`` for the particles'
@@ -28,26 +30,9 @@ particle (from the exact Hessian's eigenvalues in low dimension; from a power-it
 estimate of its spectral radius with Hutchinson). Unweighted, no Hessian is computed and only
 the quadratic term's ``1 − 2a`` is kept in the bounds.
 
-``∇ₓE_{θ_k}`` without an extra pass. ``negatives`` returns the particles as a leaf tensor with
-``requires_grad``; the trainer's loss ``… − Σ w̄_i E(x_i) + α Σ w̄_i E(x_i)²`` back-propagates
-into it, so ``x.grad_i = w̄_i (2αE_i − 1) ∇ₓE_{θ_k}(x_i)``. The unweighted exact ``δE`` divides
-that factor out (``E_{θ_k}(x_i)`` comes from the forward pass ``δE`` needs anyway) and pays one
-gradient pass (``∇ₓE_{θ_{k+1}}``) instead of two. One particle is checked against a direct
-gradient every step. Every ``shortcut_check_every``-th update (the first one included) reads the
-check on the host: particles whose factor is too small to divide by (``w̄_i`` underflow,
-``2αE_i ≈ 1``) get direct passes, and a failed check (``loss_energy_reg ≠ energy_reg``) turns
-the shortcut off for the rest of the run. The updates in between read nothing on the host (no
-GPU sync): one direct pass over the check particle and the :data:`SHORTCUT_FALLBACK` least
-usable particles, selection by ``torch.where``; should more particles be unusable, or the check
-fail, the rest get ``∇ₓδE = 0`` (no transport for that update; counted in ``shortcut_skipped``
-and warned about at the next host check). A missing ``x.grad`` means direct passes for all. ``α`` is ``loss_energy_reg`` (``${energy_reg}``). With
-weights the transport needs the Hessian of ``δE``, so both energies are differentiated directly.
-
-Cost (``grad_evals``, per-particle gradient passes through one copy of the network): the
-shortcut's ``∇E_{θ_{k+1}}`` counts ``N``, its check ``1`` plus, on host-check updates, one per
-unusable particle, else :data:`SHORTCUT_FALLBACK` (what is computed, either way); any other ``∇ₓδE`` counts ``2N`` (two networks, or the
-first-order double backward); every Hessian row, Hutchinson probe or power iteration ``2N``;
-Langevin as the kernel reports it.
+Cost (``grad_evals``, per-particle gradient passes through one copy of the network): ``∇ₓδE``
+counts ``2N`` (two networks, or the first-order double backward); every Hessian row, Hutchinson
+probe or power iteration ``2N``; Langevin as the kernel reports it.
 """
 
 from __future__ import annotations
@@ -62,10 +47,9 @@ from torch import Tensor
 
 from pdebm.energy.base import Energy, EnergyModel, FrozenEnergy
 from pdebm.errors import check, one_of, positive
-from pdebm.loss import negatives_grad_factor
 from pdebm.samplers.base import Sampler
 from pdebm.samplers.fields import make_field
-from pdebm.samplers.langevin import LangevinConfig, energy_and_grad, langevin
+from pdebm.samplers.langevin import MH_LOW, LangevinConfig, langevin
 from pdebm.samplers.weights import (PARETO_K_WARN, Curvature, ExactCurvature,
                                     HutchinsonCurvature, distinct_fraction,
                                     effective_sample_size, jacobian_guard, logmeanexp,
@@ -78,13 +62,12 @@ ADAPT_GAIN = 1.0
 """Gain of the step-size adaptation: ``log ε`` moves by this times (acceptance − target) per update."""
 MOVE_TOL = 1e-6
 """Adaptive substeps stop (on a planning update) once less than this fraction of the move is left."""
+MH_LOW_WARN = 1e-3
+"""Warn when more than this fraction of the plain kernel's correction proposals (mean over a check
+window) had an acceptance probability below ``MH_LOW``: on the prescribed paths 0 on every
+family the default passes, 0.25–0.93 % on the hard banana it fails (docs/method.md)."""
 EXACT_LOGDET_MAX_DIM = 10
 """``logdet: auto`` takes the full Hessian up to this data dimension and Hutchinson probes above."""
-SHORTCUT_RTOL = 1e-3
-"""Relative tolerance of the check of the ``x.grad`` shortcut against a direct gradient."""
-SHORTCUT_FALLBACK = 1
-"""Particles whose ``∇E_θk`` the shortcut's device path passes directly when ``x.grad`` cannot give
-it (``∂L/∂E_i ≈ 0``), chosen on the device; beyond these such particles are not transported."""
 
 
 def exact_delta(before: Energy, after: Energy, x: Tensor,
@@ -156,13 +139,14 @@ class ParticleSampler(Sampler):
             Metropolis–Hastings acceptance probability of its proposals approaches this target
             (``None``: fixed ``ε``). MALA only (``langevin.mala: true``).
         step_bounds: ``[lo, hi]`` for the adapted ``ε``.
+        curvature_step: ``κ`` of the curvature-scaled correction (``None``: the plain kernel):
+            Metropolis-adjusted moves with the per-direction step ``min(curvature_max_step,
+            κ/|λ_j(∇²E)|)`` (:mod:`pdebm.samplers.langevin`); exact Hessians, so at most
+            :data:`EXACT_LOGDET_MAX_DIM` dimensions. ``sampler=particle_curved``.
+        curvature_max_step: the largest per-direction step of the curvature-scaled correction.
         jacobian_bounds: ``[lo, hi]``, the range allowed for the eigenvalues of ``∇T`` (shrinks
             ``φ``; weighted: all eigenvalues, unweighted: the quadratic term's).
         power_iters: power iterations for the spectral-radius bound of ``∇²δE`` with Hutchinson.
-        loss_energy_reg: the trainer's ``α`` (``energy_reg``), to read ``∇ₓE`` off ``x.grad``.
-        reuse_loss_grad: take ``∇ₓE_{θ_k}`` from the trainer's backward (else a direct pass).
-        shortcut_check_every: read the shortcut's check on the host every this many updates
-            (the first included); the updates between read nothing on the host.
     """
 
     needs_previous_energy = True  # update() transports by δE = E_{θ_{k+1}} − E_{θ_k}
@@ -176,9 +160,9 @@ class ParticleSampler(Sampler):
                  adapt_accept: float | None = None,
                  step_bounds: tuple[float, float] = (1e-4, 1.0),
                  jacobian_bounds: tuple[float, float] = (0.8, 1.25), power_iters: int = 5,
-                 loss_energy_reg: float = 0.0, reuse_loss_grad: bool = True,
-                 shortcut_check_every: int = 100, refresh_steps: int = 0,
-                 refresh_step_size: float = 1.0, refresh_noise_scale: float | None = 0.005
+                 refresh_steps: int = 0,
+                 refresh_step_size: float = 1.0, refresh_noise_scale: float | None = 0.005,
+                 curvature_step: float | None = None, curvature_max_step: float = 200.0
                  ) -> None:
         super().__init__()
         positive("sampler.n_samples", n_samples)
@@ -198,9 +182,19 @@ class ParticleSampler(Sampler):
               f"sampler.jacobian_bounds must be [lo, hi] with 0 < lo < 1 < hi, got "
               f"{list(jacobian_bounds)}")
         positive("sampler.power_iters", power_iters, allow_zero=True)
-        positive("sampler.loss_energy_reg", loss_energy_reg, allow_zero=True)
         self.field = make_field(field, max_displacement)
         self.kernel = LangevinConfig.from_settings(n_steps, kernel)
+        if curvature_step is not None:
+            positive("sampler.curvature_step", curvature_step)
+            check(self.kernel.noise_scale is None,
+                  "sampler.curvature_step needs langevin.noise_scale=null (σ = √ε(x))")
+            positive("sampler.curvature_max_step", curvature_max_step)
+            check(self.kernel.grad_clip is None and adapt_accept is None,
+                  "sampler.curvature_step sets its own steps: it takes neither langevin.grad_clip "
+                  "nor sampler.adapt_accept")
+            self.kernel = replace(self.kernel, curvature=float(curvature_step),
+                                  max_step=float(curvature_max_step))
+            self.requires_2d = True  # exact Hessians at every move (build refuses image data)
         self.n_samples, self.delta, self.refresh = int(n_samples), delta, float(refresh)
         self.init, self.burn_in, self.weighted = init, int(burn_in), bool(weights)
         self.logdet, self.n_probes, self.ess_threshold = logdet, int(n_probes), ess_threshold
@@ -223,19 +217,14 @@ class ParticleSampler(Sampler):
         self._k_hat_sum: Tensor | None = None  # sum of k̂ since the last host check
         self._k_hat_count = 0
         self._warned_k_hat = False
+        self._mh_low_sum: Tensor | None = None  # sum of mh_low since the last host check
+        self._warned_mh_low = False
         if self.weighted and self.kernel.n_steps == 0 and ess_threshold > 0:
             warnings.warn("sampler: n_steps=0 with resampling (ess_threshold > 0): a resampling "
                           "only duplicates particles and nothing moves the copies apart")
         self._move: tuple[Tensor, Tensor] | None = None  # (substeps run, fraction of the move made)
         self.power_iters = int(power_iters)
-        self.loss_energy_reg = float(loss_energy_reg)
-        self.reuse_loss_grad = bool(reuse_loss_grad)
-        positive("sampler.shortcut_check_every", shortcut_check_every)
-        self.shortcut_check_every = int(shortcut_check_every)
-        self._updates = 0                 # updates done (the shortcut's host check is on 0, S, 2S, …)
-        self._shortcut_off = False        # a host check failed: ∇E_θk by direct passes from then on
-        self._untransported: Tensor | int = 0  # particles the device path could not transport
-        self._skipped: Tensor | None = None    # … in the last update (logged)
+        self._updates = 0                 # updates done (host checks on 0, check_every, …)
         positive("sampler.refresh_steps", refresh_steps, allow_zero=True)
         positive("sampler.refresh_step_size", refresh_step_size)
         if refresh_noise_scale is not None:
@@ -246,7 +235,6 @@ class ParticleSampler(Sampler):
               "density after cold Langevin steps is unknown")
         self.x: Tensor | None = None      # particles (N, *shape)
         self.log_w: Tensor | None = None  # log-weights ℓ (N,); zeros when unweighted
-        self._leaf: Tensor | None = None  # the tensor negatives() handed out since the last update
         self._stats: dict[str, Tensor] = {}
         self._eig: tuple[Tensor, Tensor] | None = None
         self._resamplings: Tensor | int = 0    # resampling events so far (weight_history)
@@ -254,14 +242,11 @@ class ParticleSampler(Sampler):
 
     # ----------------------------------------------------------------------------- interface
     def negatives(self, energy: EnergyModel) -> tuple[Tensor, Tensor]:
-        """The particles as a leaf with ``requires_grad`` (the same tensor until the next
-        ``update``, so the trainer's backward fills its ``.grad``) and their log-weights."""
+        """The particles (detached) and their log-weights."""
         if self.x is None:
             self._initialise(energy)
-        if self._leaf is None:
-            self.x, self.log_w = self.x.to(energy.device), self.log_w.to(energy.device)
-            self._leaf = self.x.detach().requires_grad_(True)
-        return self._leaf, self.log_w
+        self.x, self.log_w = self.x.to(energy.device), self.log_w.to(energy.device)
+        return self.x, self.log_w
 
     def update(self, energy_before: Energy, energy_after: EnergyModel) -> None:
         """Transport, reweight, resample, correct and refresh the particles for ``θ_{k+1}``."""
@@ -303,18 +288,20 @@ class ParticleSampler(Sampler):
             stats["step_size"] = self._log_step.exp()
         if out.mh_rate is not None:
             stats["mh_rate"] = out.mh_rate
+        if out.mh_low is not None:
+            stats["mh_low"] = out.mh_low
+            if self.kernel.curvature is None:  # its large flat-direction proposals are meant to fail often
+                self._mh_low_sum = (out.mh_low if self._mh_low_sum is None
+                                    else self._mh_low_sum + out.mh_low)
         if out.accept_rate is not None:
             stats["accept_rate"] = torch.as_tensor(out.accept_rate)
-        if self._skipped is not None:
-            stats["shortcut_skipped"] = self._skipped
-            self._skipped = None
         x, log_w = self._refresh(energy_after, out.x, out.log_weights if self.weighted else log_w)
         if self.weighted:
             stats["ess_out"] = effective_sample_size(log_w) / n
             self._watch_k_hat(stats["k_hat"])
         stats["unique_frac"] = distinct_fraction(x)
         self._updates += 1
-        self.x, self.log_w, self._leaf = x.detach(), log_w.detach(), None
+        self.x, self.log_w = x.detach(), log_w.detach()
         self._stats = {k: v.detach() for k, v in stats.items()}
 
     def stats(self) -> dict[str, float]:
@@ -334,13 +321,13 @@ class ParticleSampler(Sampler):
         - ``accept_rate``: MALA's acceptance rate;
         - ``mh_rate`` (weighted or MALA): mean Metropolis–Hastings acceptance probability of the
           correction's proposals; ``step_size``: the adapted ``ε`` (``adapt_accept``);
+        - ``mh_low`` (weighted or MALA): the fraction of those proposals whose acceptance
+          probability was below ``MH_LOW`` (1 %): the step is too large for ``E``'s curvature
+          there (warned about, for the plain kernel, above :data:`MH_LOW_WARN`);
         - ``k_hat`` (weighted): Pareto ``k̂`` of the reweighted particles' weights (before
           resampling); above 0.7 the weighted estimates are unreliable whatever ESS says;
         - ``unique_frac``: fraction of the negatives handed out that are not exact copies of
-          another (resampled copies that no move has separated);
-        - ``shortcut_skipped`` (unweighted ``x.grad`` shortcut): particles not transported this
-          update because neither ``x.grad`` nor a direct pass gave their ``∇E_θk`` (normally 0;
-          see :meth:`_grad_before_on_device`).
+          another (resampled copies that no move has separated).
 
         Values may be 0-d device tensors: the trainer brings them to the host in one transfer on
         logging steps only.
@@ -349,8 +336,7 @@ class ParticleSampler(Sampler):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), **self._adaptive_state(), "x": self.x, "log_w": self.log_w,
-                "updates": self._updates, "shortcut_off": self._shortcut_off,
-                "untransported": self._untransported, "resamplings": self._resamplings,
+                "updates": self._updates, "resamplings": self._resamplings,
                 "log_z_var": self._log_z_var}
 
     def _adaptive_state(self) -> dict[str, Any]:
@@ -359,15 +345,13 @@ class ParticleSampler(Sampler):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.x, self.log_w, self._leaf = state["x"], state["log_w"], None
+        self.x, self.log_w = state["x"], state["log_w"]
         # checkpoints written before these keys existed: the next update is a host check
         self._updates = int(state.get("updates", 0))
-        self._shortcut_off = bool(state.get("shortcut_off", False))
         self._planned = int(state.get("planned_substeps", self.substeps))
         self._log_step = state.get("log_step")
         if self._log_step is not None:
             self.kernel = replace(self.kernel, step_size=self._log_step.exp())
-        self._untransported = state.get("untransported", 0)
         self._resamplings = state.get("resamplings", 0)
         self._log_z_var = state.get("log_z_var", 0.0)
 
@@ -412,7 +396,25 @@ class ParticleSampler(Sampler):
                               "the weighted negatives may miss mass that ESS/N cannot see "
                               "(docs/method.md, \"What the sampler guarantees\")")
                 self._warned_k_hat = True
+            self._watch_mh_low(self._k_hat_count)
             self._k_hat_sum, self._k_hat_count = None, 0
+
+    def _watch_mh_low(self, count: int) -> None:
+        """On a host check: warn once, in one line, when the mean ``mh_low`` over the window is
+        above :data:`MH_LOW_WARN` (the step is too large for the curvature where some particles
+        are: weighted ULA throws them off and their weights collapse, MALA leaves them stuck)."""
+        if self._mh_low_sum is None:
+            return
+        mean = float(self._mh_low_sum) / count
+        if mean > MH_LOW_WARN and not self._warned_mh_low:
+            warnings.warn(f"sampler: {100 * mean:.2f} % of the Langevin corrections' proposals had "
+                          f"an acceptance probability below {MH_LOW} over the last "
+                          f"{count} update(s): langevin.step_size is too large for "
+                          "the model's curvature where some particles are, and the weighted "
+                          "negatives miss that mass whatever ESS/N and k̂ say (smaller "
+                          "step_size, or sampler=particle_curved on 2D data; docs/method.md)")
+            self._warned_mh_low = True
+        self._mh_low_sum = None
 
     def _initialise(self, energy: EnergyModel) -> None:
         """Draw the particles from the base and burn them in unless the model *is* the base.
@@ -421,6 +423,9 @@ class ParticleSampler(Sampler):
         log-mean-exp estimates ``log Z_0``, the weights' starting value.
         """
         x = energy.sample_base(self.n_samples).detach()
+        check(self.kernel.curvature is None or x[0].numel() <= EXACT_LOGDET_MAX_DIM,
+              f"sampler.curvature_step needs data of at most {EXACT_LOGDET_MAX_DIM} dimensions "
+              f"(it takes the exact Hessian at every Langevin step), got {x[0].numel()}")
         log_z = torch.zeros((), device=x.device)
         if self.init != "exact":
             with torch.no_grad():
@@ -446,8 +451,6 @@ class ParticleSampler(Sampler):
         if self.field is None:
             return x0, log_det, c_total
         w_bar = torch.softmax(self.log_w, 0)
-        shortcut = (self.reuse_loss_grad and self.delta == "exact" and not self.weighted
-                    and not self._shortcut_off)
         x, potential, eig = x0, None, None
         # adaptive substeps: each substep asks for min(remaining, 1/substeps) of the move and the
         # guard grants a fraction of that; see _substep_count for how many substeps run
@@ -459,10 +462,7 @@ class ParticleSampler(Sampler):
                 break
             used += 1
             xs = x.detach().requires_grad_(True)
-            if step == 0 and shortcut:
-                delta_e, grad = self._exact_delta_from_loss(before, after, x0)
-            else:
-                delta_e, grad = self._delta(before, after, xs)
+            delta_e, grad = self._delta(before, after, xs)
             if step == 0:
                 potential = self.field.potential(delta_e, grad, x0, w_bar)
             if self.weighted:
@@ -520,103 +520,6 @@ class ParticleSampler(Sampler):
             return ExactCurvature.of(grad, xs)
         self.grad_evals += 2 * xs.shape[0] * self.power_iters
         return HutchinsonCurvature.of(grad, xs, self.n_probes, self.power_iters)
-
-    def _exact_delta_from_loss(self, before: Energy, after: EnergyModel,
-                               x: Tensor) -> tuple[Tensor, Tensor]:
-        """Exact ``δE`` and ``∇ₓδE`` with ``∇ₓE_{θ_k}`` read off the trainer's backward.
-
-        Every ``shortcut_check_every``-th update (the first one included) takes the host-checked
-        path :meth:`_grad_before_from_loss`; the others the device-only path
-        :meth:`_grad_before_on_device` (no host read)."""
-        with torch.no_grad():
-            e_before = before(x)
-        e_after, grad_after = energy_and_grad(after, x)
-        self.grad_evals += x.shape[0]
-        self._skipped = torch.zeros((), dtype=torch.long, device=x.device)
-        if self._leaf is None or self._leaf.grad is None:  # no backward: direct pass, no check
-            _, grad_before = energy_and_grad(before, x)
-            self.grad_evals += x.shape[0]
-        elif self._updates % self.shortcut_check_every == 0:
-            grad_before = self._grad_before_from_loss(before, x, e_before)
-        else:
-            grad_before = self._grad_before_on_device(before, x, e_before, grad_after)
-        return e_after - e_before, grad_after - grad_before
-
-    def _shortcut_factor(self, x: Tensor, e_before: Tensor) -> tuple[Tensor, Tensor]:
-        """``∂L/∂E_i`` and the mask of particles where it can be divided out of ``x.grad``."""
-        factor = negatives_grad_factor(e_before, self.log_w, self.loss_energy_reg)
-        w_bar = torch.softmax(self.log_w, 0)
-        received = self._leaf is not None and self._leaf.grad is not None
-        # the factor must not have cancelled: |∂L/∂E_i| well above rounding of its w̄_i-sized terms
-        usable = ((factor.abs() > 1e-30)
-                  & (factor.abs() > 1e-3 * w_bar * (1 + 2 * self.loss_energy_reg * e_before.abs()))
-                  & received)
-        return factor, usable
-
-    def _grad_before_from_loss(self, before: Energy, x: Tensor, e_before: Tensor) -> Tensor:
-        """``∇ₓE_{θ_k}(x)`` from ``x.grad = (∂L/∂E_i) ∇ₓE`` where that factor
-        (:func:`pdebm.loss.negatives_grad_factor`) can be divided out, checked on one particle;
-        direct gradient passes everywhere else. Reads the decisions on the host (run every
-        ``shortcut_check_every`` updates); a failed check switches the shortcut off for the rest
-        of the run, and particles left untransported by the device path since the last check
-        are reported."""
-        factor, usable = self._shortcut_factor(x, e_before)
-        grad = torch.empty_like(x)
-        if usable.any():
-            shape = (-1, *([1] * (x.dim() - 1)))
-            grad[usable] = self._leaf.grad[usable] / factor[usable].view(shape)
-            i = int(torch.where(usable, factor.abs(), -1.0).argmax())
-            _, direct = energy_and_grad(before, x[i:i + 1])
-            self.grad_evals += 1
-            if float((grad[i] - direct[0]).norm()) > SHORTCUT_RTOL * float(direct.norm()) + 1e-12:
-                warnings.warn("sampler: x.grad from the trainer's loss does not match ∇E at the "
-                              "particles (is sampler.loss_energy_reg equal to energy_reg?); "
-                              "computing ∇E directly for the rest of the run")
-                usable[:] = False
-                self._shortcut_off = True
-        missing = ~usable
-        if missing.any():
-            _, grad[missing] = energy_and_grad(before, x[missing])
-            self.grad_evals += int(missing.sum())
-        skipped = int(self._untransported)
-        if skipped:
-            warnings.warn(f"sampler: {skipped} particle(s) were not transported in the last "
-                          f"{self.shortcut_check_every} updates: x.grad could not give their "
-                          "∇E (failed check, or more than "
-                          f"{SHORTCUT_FALLBACK} with ∂L/∂E ≈ 0 in one update)")
-            self._untransported = torch.zeros_like(self._untransported)
-        return grad
-
-    def _grad_before_on_device(self, before: Energy, x: Tensor, e_before: Tensor,
-                               grad_after: Tensor) -> Tensor:
-        """The same gradient with no host read: one pass over ``1 + SHORTCUT_FALLBACK``
-        particles gives the check particle (largest ``|∂L/∂E_i|``) and the
-        :data:`SHORTCUT_FALLBACK` least usable ones directly; the selection is
-        ``torch.where``. A particle that is neither usable nor passed directly (more unusable
-        particles than the budget, or a failed check) gets ``∇E_{θ_{k+1}}``, i.e. ``∇ₓδE = 0``:
-        it is not transported this update (the Langevin correction still moves it); their
-        number is logged as ``shortcut_skipped`` and warned about at the next check."""
-        n = x.shape[0]
-        factor, usable = self._shortcut_factor(x, e_before)
-        shape = (-1, *([1] * (x.dim() - 1)))
-        shortcut = self._leaf.grad / torch.where(usable, factor, torch.ones_like(factor)).view(shape)
-        score = torch.where(usable, factor.abs(), -torch.ones_like(factor))
-        check_i = score.argmax().view(1)
-        worst = torch.topk(score, min(SHORTCUT_FALLBACK, n), largest=False).indices
-        idx = torch.cat([check_i, worst])
-        _, direct = energy_and_grad(before, x.index_select(0, idx))
-        self.grad_evals += idx.shape[0]
-        check, ref = shortcut.index_select(0, check_i)[0], direct[0]
-        ok = usable.index_select(0, check_i)[0] & (
-            (check - ref).norm() <= SHORTCUT_RTOL * ref.norm() + 1e-12)
-        fallback = grad_after.detach().clone()
-        fallback.index_copy_(0, idx, direct)
-        covered = torch.zeros(n, dtype=torch.bool, device=x.device).index_fill_(0, idx, True)
-        good = usable & ok
-        skipped = (~good & ~covered).sum()
-        self._untransported = self._untransported + skipped
-        self._skipped = skipped
-        return torch.where(good.view(shape), shortcut, fallback)
 
     def _refresh(self, energy: EnergyModel, x: Tensor, log_w: Tensor) -> tuple[Tensor, Tensor]:
         """Replace a fraction ``ρ`` of the particles by base draws; when weighted they carry
