@@ -42,7 +42,22 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ConfigError(f"cannot read checkpoint {p}: not a pdebm checkpoint (missing {missing})")
+    _drop_retired_keys(state)
     return state
+
+
+RETIRED_SAMPLER_KEYS = ("loss_energy_reg", "reuse_loss_grad", "shortcut_check_every")
+"""Keys of ParticleSampler's removed ``x.grad`` shortcut (it gave the same ``∇ₓE`` as a direct
+pass). Checkpoints written before its removal still carry them; they are dropped on reading, so
+such runs can be evaluated, sampled and resumed (a resumed unweighted run then takes the direct
+pass, which rounds differently: it continues the same model, not bit for bit the old trajectory)."""
+
+
+def _drop_retired_keys(state: dict[str, Any]) -> None:
+    sampler = state.get("config", {}).get("sampler") if isinstance(state.get("config"), dict) else None
+    if isinstance(sampler, dict):
+        for key in RETIRED_SAMPLER_KEYS:
+            sampler.pop(key, None)
 
 
 GOOD = "last_good.pt"

@@ -46,13 +46,15 @@ def _show(v: Any) -> str:
 def config_diff(saved: Mapping, current: Mapping, ignore: Iterable[str] = SAFE_KEYS) -> list[str]:
     """Differences between the checkpoint's config and this run's, as
     ``"energy.hidden: checkpoint 300, config 100"``; keys under ``ignore`` (and ``hydra``) are
-    left out. A key present on one side only reads ``(absent)`` on the other."""
+    left out. A key the config has and the checkpoint lacks is an option added to pdebm after the
+    checkpoint was written: it is not a difference (an added option's default keeps the behaviour
+    that came before it, docs/architecture.md). A key only the checkpoint has reads ``(absent)``."""
     ignore = tuple(ignore)
     a, b = flatten(saved), flatten(current)
     out = []
     for key in sorted(set(a) | set(b)):
         top = key.split(".", 1)[0]
-        if top == "hydra" or key in ignore or top in ignore:
+        if top == "hydra" or key in ignore or top in ignore or key not in a:
             continue
         va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
         if va != vb:

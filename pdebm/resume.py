@@ -132,9 +132,7 @@ def overrides_from_config(saved: Mapping[str, Any], compose) -> list[str]:
     for key in sorted(set(have) | set(want)):
         if key.split(".", 1)[0] == "hydra" or have.get(key, _NONE) == want.get(key, _NONE):
             continue
-        if key not in want:
-            out.append(f"~{key}")
-        else:
+        if key in want:  # a key the checkpoint lacks is an option added since: its default stays
             out.append(f"++{key}={hydra_value(want[key])}")
     return out
 

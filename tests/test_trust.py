@@ -205,6 +205,8 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from omegaconf import OmegaConf  # noqa: E402
+
 from pdebm.config import compose_config, job_config  # noqa: E402
 from pdebm.errors import WriteFailed  # noqa: E402
 from pdebm.stop import STOP  # noqa: E402
@@ -292,6 +294,32 @@ def test_resume_without_overrides_takes_the_checkpoints_config(make_cfg, tmp_pat
         preflight.preflight("train", [f"resume={run}", "sampler=sgld"])
     assert str(e.value).startswith("resume would change sampler: checkpoint "), str(e.value)
     assert len(str(e.value)) <= 200 and "_target_" not in str(e.value)
+
+
+def test_a_checkpoint_from_an_older_pdebm_resumes(make_cfg, tmp_path, monkeypatch):
+    """A checkpoint written before an option was added (the key is missing from its config) or
+    before one was retired (the x.grad shortcut's keys) still resumes, evaluates and rebuilds its
+    sampler: the added option keeps its default, the retired keys are dropped on reading."""
+    from pdebm import checkpoint
+    from pdebm.config import instantiate
+
+    run = tmp_path / "old"
+    stopped_run(make_cfg, run, monkeypatch, "sampler=particle", "steps=6")
+    path = run / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    added = state["config"]["sampler"].pop("curvature_max_step")   # an option added since
+    state["config"]["sampler"].update(loss_energy_reg=0.0, reuse_loss_grad=True,
+                                      shortcut_check_every=100)    # retired options
+    torch.save(state, path)
+    assert set(checkpoint.RETIRED_SAMPLER_KEYS).isdisjoint(checkpoint.load(path)["config"]["sampler"])
+    monkeypatch.chdir(tmp_path)
+    plan = preflight.preflight("train", [f"resume={run}"])
+    job = _compose_job(plan.args)
+    assert job["sampler"]["curvature_max_step"] == added and job["steps"] == 6
+    assert set(checkpoint.RETIRED_SAMPLER_KEYS).isdisjoint(job["sampler"])
+    instantiate(OmegaConf.create(job["sampler"]))
+    with pytest.raises(ConfigError, match="resume would change sampler.n_steps"):
+        preflight.preflight("train", [f"resume={run}", "sampler.n_steps=5"])
 
 
 def test_damaged_metrics_are_cut_back_with_one_warning_and_nothing_rewritten_first(
