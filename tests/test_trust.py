@@ -61,7 +61,8 @@ def test_resume_in_process_appends_to_the_same_directory(make_cfg, tmp_path, mon
     train(make_cfg(*FAST, "steps=6", f"resume={run}", run_dir=run))
     assert steps_of(run / "metrics.jsonl") == [0, 2, 4, 6]  # no row twice, none lost
     # a different lr is refused, naming the key (in-process path: build)
-    with pytest.raises(ConfigError, match=r"resume would change lr: checkpoint 0.001, config 0.01"):
+    default_lr = compose_config([]).lr  # the run above used the default lr
+    with pytest.raises(ConfigError, match=rf"resume would change lr: checkpoint {default_lr}, config 0.01"):
         train(make_cfg(*FAST, "steps=6", "lr=0.01", f"resume={run}", run_dir=tmp_path / "other"))
     # the default schedule decays to the run's last step: more steps would train at lr 0
     with pytest.raises(ConfigError, match=r"would change steps: checkpoint 6, config 8 "
