@@ -54,7 +54,8 @@ pass, which rounds differently: it continues the same model, not bit for bit the
 
 
 def _drop_retired_keys(state: dict[str, Any]) -> None:
-    sampler = state.get("config", {}).get("sampler") if isinstance(state.get("config"), dict) else None
+    config = state.get("config")
+    sampler = config.get("sampler") if isinstance(config, dict) else None
     if isinstance(sampler, dict):
         for key in RETIRED_SAMPLER_KEYS:
             sampler.pop(key, None)

@@ -52,11 +52,11 @@ def config_diff(saved: Mapping, current: Mapping, ignore: Iterable[str] = SAFE_K
     ignore = tuple(ignore)
     a, b = flatten(saved), flatten(current)
     out = []
-    for key in sorted(set(a) | set(b)):
+    for key in sorted(a):  # keys only the config has are options added since: not differences
         top = key.split(".", 1)[0]
-        if top == "hydra" or key in ignore or top in ignore or key not in a:
+        if top == "hydra" or key in ignore or top in ignore:
             continue
-        va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        va, vb = a[key], b.get(key, _ABSENT)
         if va != vb:
             out.append(f"{key}: checkpoint {_show(va)}, config {_show(vb)}")
     return out

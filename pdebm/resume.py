@@ -129,10 +129,8 @@ def overrides_from_config(saved: Mapping[str, Any], compose) -> list[str]:
     job = compose(chosen)
     have, want = _leaves(job), _leaves(saved)
     out = list(chosen)
-    for key in sorted(set(have) | set(want)):
-        if key.split(".", 1)[0] == "hydra" or have.get(key, _NONE) == want.get(key, _NONE):
-            continue
-        if key in want:  # a key the checkpoint lacks is an option added since: its default stays
+    for key in sorted(want):  # a key the checkpoint lacks is an option added since: its default stays
+        if key.split(".", 1)[0] != "hydra" and have.get(key, _NONE) != want[key]:
             out.append(f"++{key}={hydra_value(want[key])}")
     return out
 
