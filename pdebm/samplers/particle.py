@@ -63,6 +63,8 @@ ADAPT_GAIN = 1.0
 MOVE_TOL = 1e-6
 """Adaptive substeps stop (on a planning update) once less than this fraction of the move is left."""
 MH_LOW_WARN = 1e-3
+FALLBACK_KAPPA = 1.0
+"""``κ`` of the curvature-scaled corrections that ``curvature_fallback`` switches to."""
 """Warn when more than this fraction of the plain kernel's correction proposals (mean over a check
 window) had an acceptance probability below ``MH_LOW``: on the prescribed paths 0 on every
 family the default passes, 0.25–0.93 % on the hard banana it fails (docs/method.md)."""
@@ -144,6 +146,14 @@ class ParticleSampler(Sampler):
             κ/|λ_j(∇²E)|)`` (:mod:`pdebm.samplers.langevin`); exact Hessians, so at most
             :data:`EXACT_LOGDET_MAX_DIM` dimensions. ``sampler=particle_curved``.
         curvature_max_step: the largest per-direction step of the curvature-scaled correction.
+        curvature_fallback: on a host check (``check_every``), if more than this fraction of the
+            plain kernel's correction proposals since the last check had an acceptance
+            probability below ``MH_LOW`` (the step is too large for the curvature where some
+            particles are), switch the corrections to the curvature-scaled kernel
+            (``κ =`` :data:`FALLBACK_KAPPA`) for the rest of the run, with a one-line warning.
+            Data of at most :data:`EXACT_LOGDET_MAX_DIM` dimensions only (above, the warning
+            alone); ``None``: never (the plain kernel throughout). Moot with
+            ``curvature_step`` or ``adapt_accept``.
         jacobian_bounds: ``[lo, hi]``, the range allowed for the eigenvalues of ``∇T`` (shrinks
             ``φ``; weighted: all eigenvalues, unweighted: the quadratic term's).
         power_iters: power iterations for the spectral-radius bound of ``∇²δE`` with Hutchinson.
@@ -162,8 +172,8 @@ class ParticleSampler(Sampler):
                  jacobian_bounds: tuple[float, float] = (0.8, 1.25), power_iters: int = 5,
                  refresh_steps: int = 0,
                  refresh_step_size: float = 1.0, refresh_noise_scale: float | None = 0.005,
-                 curvature_step: float | None = None, curvature_max_step: float = 200.0
-                 ) -> None:
+                 curvature_step: float | None = None, curvature_max_step: float = 200.0,
+                 curvature_fallback: float | None = 1e-4) -> None:
         super().__init__()
         positive("sampler.n_samples", n_samples)
         one_of("sampler.delta", delta, DELTAS)
@@ -195,6 +205,15 @@ class ParticleSampler(Sampler):
             self.kernel = replace(self.kernel, curvature=float(curvature_step),
                                   max_step=float(curvature_max_step))
             self.requires_2d = True  # exact Hessians at every move (build refuses image data)
+        if curvature_fallback is not None:
+            check(0 <= curvature_fallback < 1,
+                  f"sampler.curvature_fallback must be in [0, 1) or null, got {curvature_fallback}")
+            positive("sampler.curvature_max_step", curvature_max_step)
+        # the fallback only replaces the plain kernel at a fixed ε
+        self.curvature_fallback = (None if curvature_step is not None or adapt_accept is not None
+                                   else curvature_fallback)
+        self.curvature_max_step = float(curvature_max_step)
+        self._fell_back = False  # the corrections switched to the curvature-scaled kernel
         self.n_samples, self.delta, self.refresh = int(n_samples), delta, float(refresh)
         self.init, self.burn_in, self.weighted = init, int(burn_in), bool(weights)
         self.logdet, self.n_probes, self.ess_threshold = logdet, int(n_probes), ess_threshold
@@ -218,6 +237,7 @@ class ParticleSampler(Sampler):
         self._k_hat_count = 0
         self._warned_k_hat = False
         self._mh_low_sum: Tensor | None = None  # sum of mh_low since the last host check
+        self._mh_low_count = 0
         self._warned_mh_low = False
         if self.weighted and self.kernel.n_steps == 0 and ess_threshold > 0:
             warnings.warn("sampler: n_steps=0 with resampling (ess_threshold > 0): a resampling "
@@ -293,6 +313,10 @@ class ParticleSampler(Sampler):
             if self.kernel.curvature is None:  # its large flat-direction proposals are meant to fail often
                 self._mh_low_sum = (out.mh_low if self._mh_low_sum is None
                                     else self._mh_low_sum + out.mh_low)
+                self._mh_low_count += 1
+        if self.curvature_fallback is not None:
+            stats["curved"] = torch.full((), float(self._fell_back), dtype=torch.float64,
+                                         device=x.device)
         if out.accept_rate is not None:
             stats["accept_rate"] = torch.as_tensor(out.accept_rate)
         x, log_w = self._refresh(energy_after, out.x, out.log_weights if self.weighted else log_w)
@@ -300,6 +324,8 @@ class ParticleSampler(Sampler):
             stats["ess_out"] = effective_sample_size(log_w) / n
             self._watch_k_hat(stats["k_hat"])
         stats["unique_frac"] = distinct_fraction(x)
+        if self._updates % self.check_every == 0:
+            self._watch_mh_low(x[0].numel())
         self._updates += 1
         self.x, self.log_w = x.detach(), log_w.detach()
         self._stats = {k: v.detach() for k, v in stats.items()}
@@ -337,7 +363,8 @@ class ParticleSampler(Sampler):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), **self._adaptive_state(), "x": self.x, "log_w": self.log_w,
                 "updates": self._updates, "resamplings": self._resamplings,
-                "log_z_var": self._log_z_var}
+                "log_z_var": self._log_z_var, "fell_back": self._fell_back,
+                "mh_low_window": (self._mh_low_sum, self._mh_low_count)}
 
     def _adaptive_state(self) -> dict[str, Any]:
         """The adaptive substeps' plan and the adapted ``log ε``, for checkpoints."""
@@ -354,6 +381,11 @@ class ParticleSampler(Sampler):
             self.kernel = replace(self.kernel, step_size=self._log_step.exp())
         self._resamplings = state.get("resamplings", 0)
         self._log_z_var = state.get("log_z_var", 0.0)
+        if "fell_back" not in state:  # written before curvature_fallback existed: keep its kernel
+            self.curvature_fallback = None
+        elif state["fell_back"] and not self._fell_back:
+            self._fall_back()
+        self._mh_low_sum, self._mh_low_count = state.get("mh_low_window", (None, 0))
 
     def log_mean_weight(self) -> Tensor | None:
         """``log mean w`` of the weighted population: ``log Ẑ`` of the current model (the
@@ -396,16 +428,29 @@ class ParticleSampler(Sampler):
                               "the weighted negatives may miss mass that ESS/N cannot see "
                               "(docs/method.md, \"What the sampler guarantees\")")
                 self._warned_k_hat = True
-            self._watch_mh_low(self._k_hat_count)
             self._k_hat_sum, self._k_hat_count = None, 0
 
-    def _watch_mh_low(self, count: int) -> None:
-        """On a host check: warn once, in one line, when the mean ``mh_low`` over the window is
-        above :data:`MH_LOW_WARN` (the step is too large for the curvature where some particles
-        are: weighted ULA throws them off and their weights collapse, MALA leaves them stuck)."""
+    def _watch_mh_low(self, dim: int) -> None:
+        """On a host check, with the mean ``mh_low`` of the plain kernel over the window (the
+        step is too large for the curvature where some particles are: weighted ULA throws them
+        off and their weights collapse, MALA leaves them stuck): above ``curvature_fallback``
+        in at most :data:`EXACT_LOGDET_MAX_DIM` dimensions, switch to the curvature-scaled
+        corrections; else above :data:`MH_LOW_WARN`, warn. Each once, in one line."""
         if self._mh_low_sum is None:
             return
+        count = self._mh_low_count
         mean = float(self._mh_low_sum) / count
+        self._mh_low_sum, self._mh_low_count = None, 0
+        if (self.curvature_fallback is not None and mean > self.curvature_fallback
+                and dim <= EXACT_LOGDET_MAX_DIM):
+            self._fall_back()
+            warnings.warn(f"sampler: {100 * mean:.3f} % of the Langevin corrections' proposals "
+                          f"had an acceptance probability below {MH_LOW} over the last {count} "
+                          f"update(s), more than sampler.curvature_fallback = "
+                          f"{self.curvature_fallback:g}: the corrections are curvature-scaled "
+                          f"Metropolis-adjusted moves (κ = {FALLBACK_KAPPA:g}) from the next "
+                          "update on, at about 3.5× the gradient passes (docs/method.md)")
+            return
         if mean > MH_LOW_WARN and not self._warned_mh_low:
             warnings.warn(f"sampler: {100 * mean:.2f} % of the Langevin corrections' proposals had "
                           f"an acceptance probability below {MH_LOW} over the last "
@@ -414,7 +459,13 @@ class ParticleSampler(Sampler):
                           "negatives miss that mass whatever ESS/N and k̂ say (smaller "
                           "step_size, or sampler=particle_curved on 2D data; docs/method.md)")
             self._warned_mh_low = True
-        self._mh_low_sum = None
+
+    def _fall_back(self) -> None:
+        """The corrections from now on: the curvature-scaled kernel (``curvature_fallback``),
+        which sets its own per-direction steps (no ``noise_scale``, no ``grad_clip``)."""
+        self.kernel = replace(self.kernel, curvature=FALLBACK_KAPPA, max_step=self.curvature_max_step,
+                              noise_scale=None, grad_clip=None)
+        self._fell_back = True
 
     def _initialise(self, energy: EnergyModel) -> None:
         """Draw the particles from the base and burn them in unless the model *is* the base.
