@@ -4,8 +4,11 @@ of :mod:`pdebm.prescribed` (exact initial samples, N particles, 30 moves), over 
 Prints, per variant and family: the weighted estimate of E[x₂²] over its exact value, the worst
 z-score over the four moments (E x₁, E x₂, E x₁², E x₂²; mean over seeds against its standard
 error across seeds), ESS/N at the end, the fraction of distinct particles at the end, the largest
-Pareto k̂ of the weights over the path, and the transport's substeps / move fraction (mean over
-the path) where the sampler reports them.
+Pareto k̂ of the weights over the path, the transport's substeps / move fraction (mean over
+the path) where the sampler reports them, the fraction of seeds whose corrections fell back to
+the curvature-scaled kernel (``curvature_fallback``), and which of the sampler's one-line
+warnings came (in how many seeds): k̂ (Pareto k̂ > 0.7), mh_low (failing proposals), K=0
+(resampling without moves), fallback.
 
     python scripts/consistency_table.py                       # all variants, 8 seeds, N = 2000
     python scripts/consistency_table.py --variants default --seeds 4
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import time
+import warnings
 
 import torch
 
@@ -25,6 +29,7 @@ from pdebm.samplers.weights import pareto_k_hat
 
 VARIANTS: dict[str, dict] = {
     "default": {},
+    "plain kernel": {"curvature_fallback": None},  # the default before curvature_fallback
     "K=0": {"n_steps": 0},
     "basis": {"field": "basis"},
     "none": {"field": "none"},
@@ -37,6 +42,28 @@ VARIANTS: dict[str, dict] = {
     "unweighted basis": {"weights": False, "field": "basis"},
     "curved": {"curvature_step": 1.0, "curvature_max_step": 200.0},  # sampler=particle_curved
 }
+
+
+WARNINGS = {"k̂": "Pareto k̂", "mh_low": "acceptance probability below 0.01 over the last",
+            "K=0": "n_steps=0 with resampling", "fallback": "curvature-scaled Metropolis"}
+"""The sampler's one-line warnings, by a piece of their text (fallback before mh_low: both
+quote the failing fraction, only the fallback's names the switch)."""
+
+
+def caught_warnings(messages: list[str]) -> set[str]:
+    found = set()
+    for m in messages:
+        for name, text in WARNINGS.items():
+            if text in m and not (name == "mh_low" and WARNINGS["fallback"] in m):
+                found.add(name)
+    return found
+
+
+def run_seed(fam: str, make, seed: int, moves: int):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_path(fam, make, seed, moves, keep=True)
+    return res, caught_warnings([str(w.message) for w in caught])
 
 
 def distinct_fraction(x: torch.Tensor) -> float:
@@ -61,8 +88,8 @@ def main() -> None:
     accepted = set(inspect.signature(ParticleSampler).parameters)
     print(f"N = {args.n}, {args.moves} moves, {args.seeds} seeds; z: worst over the four moments")
     print("| variant | family | E x₂² est/exact | worst z | ESS/N end | distinct end | k̂ max | "
-          "substeps | move frac | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "substeps | move frac | fell back | warned (seeds) | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.variants:
         settings = {**VARIANTS[name], **extra}
         settings = {k: v for k, v in settings.items() if k in accepted}
@@ -70,7 +97,10 @@ def main() -> None:
             t0 = time.time()
             make = lambda: ParticleSampler(n_samples=args.n, init="exact",
                                            **{"weights": True, **settings})
-            res = [run_path(fam, make, seed, args.moves, keep=True) for seed in range(args.seeds)]
+            runs = [run_seed(fam, make, seed, args.moves) for seed in range(args.seeds)]
+            res = [r for r, _ in runs]
+            names = [n for n in WARNINGS if any(n in w for _, w in runs)]
+            warned = ", ".join(f"{n} ({sum(n in w for _, w in runs)})" for n in names) or "none"
             s = summarise(res)
             distinct = sum(distinct_fraction(r.x) for r in res) / len(res)
             k_hat = s.k_hat_max
@@ -78,10 +108,12 @@ def main() -> None:
                 k_hat = max(float(pareto_k_hat(r.log_w)) for r in res)
             sub = s.stats.get("substeps", float("nan"))
             frac = s.stats.get("move_fraction", float("nan"))
+            fell = s.stats.get("curved", float("nan"))
             weighted = settings.get("weights", True)
             ess = f"{s.ess:.2f}" if weighted else "–"
             print(f"| {name} | {fam} | {float(s.ratio[3]):.3f} | {s.worst_z:.1f} | {ess} | "
-                  f"{distinct:.2f} | {k_hat:.2f} | {sub:.1f} | {frac:.2f} | {time.time() - t0:.0f} |",
+                  f"{distinct:.2f} | {k_hat:.2f} | {sub:.1f} | {frac:.2f} | {fell:.2f} | {warned} | "
+                  f"{time.time() - t0:.0f} |",
                   flush=True)
 
 
