@@ -11,7 +11,9 @@ Everything is written into the evaluated run's directory, next to its training s
 ``ais.json`` (the numbers and the settings that produced them, with FID/KID of the AIS chains'
 final states against the held-out images), ``samples_ais.png``, and a new
 TensorBoard event file with the scalars ``ais/<key>`` and the image ``samples/ais`` at the
-checkpoint's step. The grid shows the AIS chains' final states: each has gone through every
+checkpoint's step. Nothing is overwritten: a second evaluation of the same run (other settings,
+say) writes ``ais-2.json`` and ``samples_ais-2.png``, a third ``-3``, and so on; the path
+written is printed and kept in the report (``results``). The grid shows the AIS chains' final states: each has gone through every
 temperature's transitions from the base, so they are long-run (annealed) samples of the model.
 """
 
@@ -41,6 +43,18 @@ TRANSITIONS = ("mala", "ula")
 STARTS = ("fitted_full", "fitted_diag", "base")
 RESULTS = "ais.json"
 GRID_PNG = "samples_ais.png"
+
+
+def fresh_outputs(out: Path) -> tuple[Path, Path]:
+    """``ais.json`` and ``samples_ais.png`` in ``out``, or the first ``ais-K.json`` /
+    ``samples_ais-K.png`` pair (K = 2, 3, ...) of which neither exists: an evaluation never
+    overwrites an earlier one's results."""
+    for k in range(1, 10_000):
+        suffix = "" if k == 1 else f"-{k}"
+        pair = (out / f"ais{suffix}.json", out / f"samples_ais{suffix}.png")
+        if not any(p.exists() for p in pair):
+            return pair
+    raise ConfigError(f"{out}: no free ais-K.json name left")
 
 
 def run_directory(ckpt: Path) -> Path:
@@ -117,14 +131,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         temps.append(int(cfg.n_temps) * int(cfg.convergence_factor))
     results = [ais_log_likelihood(
         energy, x_test, dataset=dataset, batch_size=int(cfg.batch_size),
-        n_chains=int(cfg.n_chains), n_temps=t, schedule=cfg.schedule,
+        n_chains=int(cfg.n_chains), n_temps=t, schedule=cfg.beta_schedule,
         beta_min=float(cfg.beta_min), kernel=kernel, adapt_step_size=bool(cfg.adapt_step_size),
         seed=int(cfg.seed), progress=bool(cfg.progress), prefix="eval", start=start)
         for t in temps]
     result = results[-1]  # the longest schedule is the estimate; the shorter one checks it
     scalars = {**result.scalars(), "wall_clock_s": time.perf_counter() - t0}
     step = int(state["step"])
-    settings = {k: cfg[k] for k in ("n_chains", "n_temps", "schedule", "beta_min", "transition",
+    settings = {k: cfg[k] for k in ("n_chains", "n_temps", "beta_schedule", "beta_min", "transition",
                                     "step_size", "n_steps", "adapt_step_size", "seed", "start",
                                     "shrinkage", "convergence_factor")}
     convergence = [{"n_temps": t, "log_likelihood": r.log_likelihood,
@@ -153,15 +167,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
           f"AIS gave non-finite numbers ({scalars}); try a smaller step_size or more n_temps")
 
     k = min(int(cfg.n_samples_grid), int(cfg.n_chains))
+    results_json, grid_png = fresh_outputs(out)
+    report["results"] = str(results_json)
     writer = SummaryWriter(log_dir=str(out))
     for key, value in scalars.items():
         writer.add_scalar(f"ais/{key}", value, step)
     if k > 0:
         grid = image_grid(dataset.to_images(result.samples[:k].cpu()))
         writer.add_image("samples/ais", grid, step)
-        save_png(grid, out / GRID_PNG)
+        save_png(grid, grid_png)
     writer.close()
-    atomic_write_text(out / RESULTS, json.dumps(report, indent=2))
+    atomic_write_text(results_json, json.dumps(report, indent=2))
     return report
 
 
@@ -186,7 +202,7 @@ def print_done(cfg: DictConfig, report: dict[str, Any]) -> None:
           f"{'base' if report['settings'].get('start') == 'base' else 'Gaussian'} "
           f"{report['start_log_likelihood']:.2f}"
           + (f"; samples FID {report['fid']:.3g}" if "fid" in report else "")
-          + f"); wrote {out / RESULTS}")
+          + f"); wrote {report.get('results', out / RESULTS)}")
     for w in report["warnings"]:
         print(f"pdebm: warning: {w}", file=sys.stderr)
 

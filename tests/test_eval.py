@@ -76,10 +76,27 @@ def test_eval_command_leaves_the_cwd_alone(digit_runs, tmp_path):
     r = run_cli(["eval", f"run={run / 'checkpoints' / 'last.pt'}", *TINY_AIS, "transition=ula",
                  "step_size=0.01"], tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "bits/dim" in r.stdout and str(run / "ais.json") in r.stdout
-    assert json.loads((run / "ais.json").read_text())["settings"]["transition"] == "ula"
+    assert "bits/dim" in r.stdout
+    written = Path(r.stdout.rsplit("wrote ", 1)[1].strip().rstrip(")"))
+    assert written.parent == run and written.name.startswith("ais")
+    assert json.loads(written.read_text())["settings"]["transition"] == "ula"
     assert not list(tmp_path.iterdir())  # no .hydra/, log file or outputs/ in the cwd
     assert not (run / ".hydra" / "overrides.yaml").read_text().count("n_chains")
+
+
+def test_a_second_eval_overwrites_nothing_and_takes_the_beta_schedule(digit_runs):
+    """Evaluating a run again (here with the linear β schedule, ``beta_schedule``: not
+    ``schedule``, which is the training lr schedule's config group) keeps every earlier result
+    and writes the next free ``ais-K.json`` / ``samples_ais-K.png``."""
+    run = digit_runs["sgld"]
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert "ais.json" in before  # test_digits_run_then_ais evaluated it already
+    report = evaluate(eval_cfg(f"run={run}", *TINY_AIS, "beta_schedule=linear"))
+    assert report["settings"]["beta_schedule"] == "linear"
+    new = Path(report["results"])
+    assert new.name not in before and new.name.startswith("ais-") and new.is_file()
+    assert (run / new.name.replace("ais-", "samples_ais-").replace(".json", ".png")).is_file()
+    assert all((run / name).read_bytes() == data for name, data in before.items())
 
 
 @pytest.mark.parametrize("args,message", [

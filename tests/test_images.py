@@ -261,7 +261,7 @@ def test_beta_schedules():
     for kind in ("linear", "geometric"):
         b = beta_schedule(50, kind)
         assert len(b) == 50 and b[-1] == 1 and torch.all(b[1:] > b[:-1]) and b[0] > 0
-    with pytest.raises(ConfigError, match="ais.schedule"):
+    with pytest.raises(ConfigError, match="ais.beta_schedule"):
         beta_schedule(5, "cosine")
 
 

@@ -132,7 +132,7 @@ def beta_schedule(n_temps: int, schedule: str = "geometric", beta_min: float = 1
     the base, where the distributions change fastest per unit of β for a sharp model).
     """
     positive(f"{prefix}.n_temps", n_temps)
-    check(schedule in SCHEDULES, f"{prefix}.schedule={schedule!r} is not one of {list(SCHEDULES)}")
+    check(schedule in SCHEDULES, f"{prefix}.beta_schedule={schedule!r} is not one of {list(SCHEDULES)}")
     if schedule == "linear":
         return torch.arange(1, n_temps + 1, dtype=torch.float64) / n_temps
     check(0.0 < beta_min < 1.0, f"{prefix}.beta_min must be in (0, 1), got {beta_min}")

@@ -63,11 +63,12 @@ ADAPT_GAIN = 1.0
 MOVE_TOL = 1e-6
 """Adaptive substeps stop (on a planning update) once less than this fraction of the move is left."""
 MH_LOW_WARN = 1e-3
+"""Warn when more than this fraction of the plain kernel's correction proposals (mean over a check
+window) had an acceptance probability below ``MH_LOW`` (and the fallback cannot act): on the
+prescribed paths 0 on the families the plain kernel passes, 0.25–1.9 % over the hard banana's
+last third (docs/method.md)."""
 FALLBACK_KAPPA = 1.0
 """``κ`` of the curvature-scaled corrections that ``curvature_fallback`` switches to."""
-"""Warn when more than this fraction of the plain kernel's correction proposals (mean over a check
-window) had an acceptance probability below ``MH_LOW``: on the prescribed paths 0 on every
-family the default passes, 0.25–0.93 % on the hard banana it fails (docs/method.md)."""
 EXACT_LOGDET_MAX_DIM = 10
 """``logdet: auto`` takes the full Hessian up to this data dimension and Hutchinson probes above."""
 
