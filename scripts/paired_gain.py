@@ -11,6 +11,7 @@ differences ``d_i``; its standard error ``√(var(d)/n + se(log Z)²)`` combines
 spread with AIS's own error.
 
     python scripts/paired_gain.py outputs/train/<date>/<run> [more runs ...]
+    python scripts/paired_gain.py <run>/ais-2.json     # a later evaluation's results file
 """
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ from omegaconf import OmegaConf  # noqa: E402
 
 
 @torch.no_grad()
-def paired_gain(run: Path) -> dict:
+def paired_gain(path: Path) -> dict:
     from pdebm import checkpoint
     from pdebm.build import build_data_and_energy
     from pdebm.errors import check
     from pdebm.eval import rebuild
 
-    ais_path = run / "ais.json"
-    check(ais_path.is_file(), f"{run}: no ais.json (run `pdebm eval run={run}` first)")
+    # a run directory (its first evaluation, ais.json) or one evaluation's results file
+    run, ais_path = (path.parent, path) if path.suffix == ".json" else (path, path / "ais.json")
+    check(ais_path.is_file(), f"{ais_path}: no such AIS results file (run `pdebm eval run={run}` "
+          "first)")
     ais = json.loads(ais_path.read_text())
     state = checkpoint.load(run / "checkpoints" / "last.pt")
     job = OmegaConf.create(state["config"])
@@ -56,7 +59,7 @@ def paired_gain(run: Path) -> dict:
     n = len(d)
     se = math.sqrt(float(d.var()) / n + float(ais["log_z_se"]) ** 2)
     conv = ais.get("convergence", [])
-    return {"run": str(run), "log_likelihood": float(ll.mean()), "initial": float(ll0.mean()),
+    return {"run": str(run), "results": str(ais_path), "log_likelihood": float(ll.mean()), "initial": float(ll0.mean()),
             "gain": float(d.mean()), "gain_se": se, "ess_fraction": ais["ess_fraction"],
             "t_to_4t": [c["log_likelihood"] for c in conv], "start": ais["settings"]["start"],
             "wall_clock_s": float(state.get("wall_clock", float("nan")))}
@@ -64,7 +67,8 @@ def paired_gain(run: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="run directories evaluated by pdebm eval")
+    parser.add_argument("runs", nargs="+", help="run directories evaluated by pdebm eval (their "
+                        "ais.json), or the results files of later evaluations (<run>/ais-2.json)")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
