@@ -96,7 +96,8 @@ def tv_within(p: list[float], target: list[float]) -> float:
 
 
 @torch.no_grad()
-def analyse(run_dir: Path, classifier, n_chains: int, n_temps: int, seed: int) -> dict:
+def analyse(run_dir: Path, classifier, n_chains: int, n_temps: int, seed: int,
+            beta_schedule: str = "geometric") -> dict:
     """Classifier-labelled negatives and AIS model samples of one finished run."""
     from pdebm import checkpoint
     from pdebm.build import _to
@@ -114,7 +115,7 @@ def analyse(run_dir: Path, classifier, n_chains: int, n_temps: int, seed: int) -
     with torch.enable_grad():
         x, log_w = sampler.negatives(energy)
     x, w_neg = x.detach(), torch.softmax(log_w.detach().double(), 0)
-    ais = ais_log_z(energy, n_chains=n_chains, n_temps=n_temps,
+    ais = ais_log_z(energy, n_chains=n_chains, n_temps=n_temps, schedule=beta_schedule,
                     kernel=LangevinConfig(n_steps=1, step_size=0.1, mala=True), seed=seed)
     w_ais = torch.softmax(ais.log_weights.double(), 0)
 
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time")
     parser.add_argument("--ais-chains", type=int, default=500, help="AIS chains per model")
     parser.add_argument("--n-temps", type=int, default=300, help="AIS temperatures")
+    parser.add_argument("--beta-schedule", default="geometric", choices=["geometric", "linear"],
+                        help="AIS β spacing (pdebm eval's beta_schedule)")
     parser.add_argument("--out", default="outputs/mode_weights", help="run directories")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{tv(init_p, target):.3f} | {tv_within(init_p, target):.3f} | | | | | |")
     summary: dict[str, list] = {}
     for s, seed, _ in jobs:
-        r = analyse(out / s / f"seed{seed}", clf.net, args.ais_chains, args.n_temps, seed)
+        r = analyse(out / s / f"seed{seed}", clf.net, args.ais_chains, args.n_temps, seed,
+                    args.beta_schedule)
         r.update(sampler=s, seed=seed, negatives_tv=tv(r["negatives"], target),
                  samples_tv=tv(r["samples"], target),
                  negatives_tv_within=tv_within(r["negatives"], target),
