@@ -16,7 +16,8 @@ After every optimizer step ``θ_k → θ_{k+1}`` (``update(before, after)``) the
    the ULA weight increment; after a resampling these moves are the diversification; with
    ``adapt_accept`` MALA's ``ε`` follows a target acceptance; with ``curvature_step`` they are
    Metropolis-adjusted moves scaled per particle and direction by the Hessian of ``E``,
-   :mod:`pdebm.samplers.langevin`);
+   :mod:`pdebm.samplers.langevin`, which ``curvature_fallback`` switches to for the rest of the
+   run when a host check finds the plain kernel's proposals failing);
 4. partly **refreshed** with draws from the energy's (current) base distribution.
 
 Weights. The log-weights keep their absolute scale, ``w = exp(−E)/q`` for the particles'
