@@ -51,7 +51,8 @@ def fresh_outputs(out: Path) -> tuple[Path, Path]:
     overwrites an earlier one's results."""
     for k in range(1, 10_000):
         suffix = "" if k == 1 else f"-{k}"
-        pair = (out / f"ais{suffix}.json", out / f"samples_ais{suffix}.png")
+        pair = tuple(out / f"{Path(name).stem}{suffix}{Path(name).suffix}"
+                     for name in (RESULTS, GRID_PNG))
         if not any(p.exists() for p in pair):
             return pair
     raise ConfigError(f"{out}: no free ais-K.json name left")
@@ -204,7 +205,7 @@ def print_done(cfg: DictConfig, report: dict[str, Any]) -> None:
           f"{'base' if report['settings'].get('start') == 'base' else 'Gaussian'} "
           f"{report['start_log_likelihood']:.2f}"
           + (f"; samples FID {report['fid']:.3g}" if "fid" in report else "")
-          + f"); wrote {report.get('results', out / RESULTS)}")
+          + f"); wrote {report['results']}")
     for w in report["warnings"]:
         print(f"pdebm: warning: {w}", file=sys.stderr)
 

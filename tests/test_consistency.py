@@ -125,7 +125,7 @@ def test_the_fallback_resumes_exactly_and_older_checkpoints_keep_the_plain_kerne
     state = sampler.state_dict()
     again = ParticleSampler(n_samples=200, init="exact", weights=True)
     again.load_state_dict(state)
-    assert again.kernel.curvature == 1.0 and again._fell_back
+    assert again.kernel.curvature == 1.0 and again.fell_back
     old = {k: v for k, v in state.items() if k not in ("fell_back", "mh_low_window")}
     plain = ParticleSampler(n_samples=200, init="exact", weights=True)
     plain.load_state_dict({**old})

@@ -200,7 +200,6 @@ class ParticleSampler(Sampler):
             positive("sampler.curvature_step", curvature_step)
             check(self.kernel.noise_scale is None,
                   "sampler.curvature_step needs langevin.noise_scale=null (σ = √ε(x))")
-            positive("sampler.curvature_max_step", curvature_max_step)
             check(self.kernel.grad_clip is None and adapt_accept is None,
                   "sampler.curvature_step sets its own steps: it takes neither langevin.grad_clip "
                   "nor sampler.adapt_accept")
@@ -210,12 +209,12 @@ class ParticleSampler(Sampler):
         if curvature_fallback is not None:
             check(0 <= curvature_fallback < 1,
                   f"sampler.curvature_fallback must be in [0, 1) or null, got {curvature_fallback}")
+        if curvature_step is not None or curvature_fallback is not None:
             positive("sampler.curvature_max_step", curvature_max_step)
         # the fallback only replaces the plain kernel at a fixed ε
         self.curvature_fallback = (None if curvature_step is not None or adapt_accept is not None
                                    else curvature_fallback)
         self.curvature_max_step = float(curvature_max_step)
-        self._fell_back = False  # the corrections switched to the curvature-scaled kernel
         self.n_samples, self.delta, self.refresh = int(n_samples), delta, float(refresh)
         self.init, self.burn_in, self.weighted = init, int(burn_in), bool(weights)
         self.logdet, self.n_probes, self.ess_threshold = logdet, int(n_probes), ess_threshold
@@ -317,7 +316,7 @@ class ParticleSampler(Sampler):
                                     else self._mh_low_sum + out.mh_low)
                 self._mh_low_count += 1
         if self.curvature_fallback is not None:
-            stats["curved"] = torch.full((), float(self._fell_back), dtype=torch.float64,
+            stats["curved"] = torch.full((), float(self.fell_back), dtype=torch.float64,
                                          device=x.device)
         if out.accept_rate is not None:
             stats["accept_rate"] = torch.as_tensor(out.accept_rate)
@@ -365,7 +364,7 @@ class ParticleSampler(Sampler):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), **self._adaptive_state(), "x": self.x, "log_w": self.log_w,
                 "updates": self._updates, "resamplings": self._resamplings,
-                "log_z_var": self._log_z_var, "fell_back": self._fell_back,
+                "log_z_var": self._log_z_var, "fell_back": self.fell_back,
                 "mh_low_window": (self._mh_low_sum, self._mh_low_count)}
 
     def _adaptive_state(self) -> dict[str, Any]:
@@ -385,7 +384,7 @@ class ParticleSampler(Sampler):
         self._log_z_var = state.get("log_z_var", 0.0)
         if "fell_back" not in state:  # written before curvature_fallback existed: keep its kernel
             self.curvature_fallback = None
-        elif state["fell_back"] and not self._fell_back:
+        elif state["fell_back"] and not self.fell_back:
             self._fall_back()
         self._mh_low_sum, self._mh_low_count = state.get("mh_low_window", (None, 0))
 
@@ -462,12 +461,17 @@ class ParticleSampler(Sampler):
                           "step_size, or sampler=particle_curved on 2D data; docs/method.md)")
             self._warned_mh_low = True
 
+    @property
+    def fell_back(self) -> bool:
+        """Whether the corrections switched to the curvature-scaled kernel (``curvature_fallback``
+        is set only when the kernel started plain, so a curvature-scaled kernel means it did)."""
+        return self.curvature_fallback is not None and self.kernel.curvature is not None
+
     def _fall_back(self) -> None:
         """The corrections from now on: the curvature-scaled kernel (``curvature_fallback``),
         which sets its own per-direction steps (no ``noise_scale``, no ``grad_clip``)."""
         self.kernel = replace(self.kernel, curvature=FALLBACK_KAPPA, max_step=self.curvature_max_step,
                               noise_scale=None, grad_clip=None)
-        self._fell_back = True
 
     def _initialise(self, energy: EnergyModel) -> None:
         """Draw the particles from the base and burn them in unless the model *is* the base.
