@@ -14,7 +14,7 @@ also be called another digit):
   are samples of the trained density itself and not of the sampler's history.
 
 For each it prints the recovered proportions of the classes (plus "other": any other predicted
-digit) and the total-variation distance to the target ``w/Σw`` (other: 0),
+class) and the total-variation distance to the target ``w/Σw`` (other: 0),
 ``TV = ½ Σ |p̂ − p|``, and "TV within": the same with the shares renormalised over the target
 classes (the weights' error apart from samples that look like no target class), per seed and as
 a mean over seeds. Reference rows: the subset's test images (true and classified labels) and the
@@ -166,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
         list(pool.map(lambda j: train_run(out / j[0] / f"seed{j[1]}", j[2], log), jobs))
 
     from pdebm.config import compose_config, instantiate
-    from pdebm.data.images import Digits
     from pdebm.metrics.classifier import accuracy, classifier_for
 
     cfg = compose_config([f"experiment={args.preset}", *overrides])

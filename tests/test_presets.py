@@ -11,7 +11,7 @@ from pdebm.config import instantiate
 from pdebm.errors import ConfigError
 from pdebm.samplers.base import Sampler
 from pdebm.step import train_step
-from tests.conftest import options
+from tests.conftest import CONFIG_DIR, options
 
 PRESETS = options("experiment")
 SAMPLERS = options("sampler")
@@ -67,8 +67,6 @@ def parent_preset(preset: str) -> str | None:
     """The preset that a preset file only adds plain keys to (``defaults: [- digits, _self_]``,
     no sampler, kernel or override of its own), or None: such a preset reaches every sampler
     exactly as its parent does."""
-    from tests.conftest import CONFIG_DIR
-
     node = OmegaConf.load(CONFIG_DIR / "experiment" / f"{preset}.yaml")
     defaults = list(node.get("defaults") or [])
     if not defaults or not isinstance(defaults[0], str) or defaults[0] not in PRESETS:
@@ -80,7 +78,7 @@ def parent_preset(preset: str) -> str | None:
 
 # The full grid runs on every preset but those that only add plain keys to another (the derived
 # Fashion-MNIST presets read the 60 000 IDX images at every build); those build with two samplers.
-DERIVED = {p: parent_preset(p) for p in PRESETS if parent_preset(p)}
+DERIVED = {p: parent for p in PRESETS if (parent := parent_preset(p))}
 PAIRS = [(p, s) for p in PRESETS if p not in DERIVED for s in SAMPLERS] + \
         [(p, s) for p in DERIVED for s in ("particle", "pcd")]
 
