@@ -85,8 +85,13 @@ def build_data_and_energy(cfg: DictConfig,
         check(hasattr(dataset, "statistics_images"),
               f"energy.base=mixture is fitted to image data; dataset {type(dataset).__name__} "
               "is not an image data set (use energy.base=gaussian)")
+        labels = getattr(dataset, "train_labels", None)
+        check(not energy.base_needs_labels or labels is not None,
+              f"energy.base_fit=classes fits one component per class of the labelled training "
+              f"images, but dataset {dataset.name} has no labels (use energy.base_fit=em)")
         if fit_base:
-            energy.fit_base(dataset.statistics_images())
+            x = dataset.statistics_images()
+            energy.fit_base(x, labels[:len(x)] if energy.base_needs_labels else None)
     return dataset, energy
 
 

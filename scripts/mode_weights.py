@@ -116,7 +116,8 @@ def analyse(run_dir: Path, classifier, n_chains: int, n_temps: int, seed: int,
         x, log_w = sampler.negatives(energy)
     x, w_neg = x.detach(), torch.softmax(log_w.detach().double(), 0)
     ais = ais_log_z(energy, n_chains=n_chains, n_temps=n_temps, schedule=beta_schedule,
-                    kernel=LangevinConfig(n_steps=1, step_size=0.1, mala=True), seed=seed)
+                    kernel=LangevinConfig(n_steps=1, step_size=float(cfg.langevin.step_size),
+                                             mala=True), seed=seed)
     w_ais = torch.softmax(ais.log_weights.double(), 0)
 
     def labels(z: torch.Tensor) -> torch.Tensor:

@@ -80,3 +80,54 @@ def test_build_fits_the_mixture_and_rejects_2d_data():
     assert torch.equal(unfitted(ds.test[:4]), e(ds.test[:4]))
     with pytest.raises(ConfigError, match="image data"):
         build_data_and_energy(compose(["dataset=moons", "energy.base=mixture"]))
+
+
+# digits 2, 3, 6 at 4:2:1 on a base of one full-covariance Gaussian per class
+CLASS_MIXTURE = ["dataset=digits", "dataset.transform=zca", "dataset.classes=[2,3,6]",
+                 "dataset.class_weights=[4,2,1]", "energy=conv", "energy.base=mixture",
+                 "energy.base_components=3", "energy.base_fit=classes", "energy.base_reg=0.03"]
+
+
+def test_class_fitted_mixture_has_one_gaussian_per_class_and_uniform_weights_when_asked():
+    from pdebm.build import build_data_and_energy
+
+    ds, fitted = build_data_and_energy(compose(CLASS_MIXTURE))
+    x = ds.statistics_images().flatten(1).double()
+    y = ds.train_labels[:len(x)]
+    for k, c in enumerate([2, 3, 6]):  # components in the order of the sorted class labels
+        xc = x[y == c]
+        assert torch.allclose(fitted.base.means[k].double(), xc.mean(0), atol=1e-5)
+        cov = fitted.base.scale_tril[k].double() @ fitted.base.scale_tril[k].double().T
+        assert torch.allclose(cov, torch.cov(xc.T) + 0.03 * torch.eye(x.shape[1],
+                                                                       dtype=torch.float64),
+                              atol=1e-4)
+        assert float(fitted.base.log_pi[k].exp()) == pytest.approx(len(xc) / len(x), abs=1e-6)
+    # the precision factors U (Σ⁻¹ = U Uᵀ) agree with the covariance factors L (Σ = L Lᵀ)
+    eye = torch.eye(x.shape[1])
+    for k in range(3):
+        U, L = fitted.base.prec_chol[k], fitted.base.scale_tril[k]
+        assert torch.allclose(U.T @ L, eye, atol=1e-3)
+    _, uniform = build_data_and_energy(compose([*CLASS_MIXTURE, "energy.base_weights=uniform"]))
+    assert torch.allclose(uniform.base.log_pi.exp(), torch.full((3,), 1 / 3), atol=1e-6)
+    assert torch.equal(uniform.base.means, fitted.base.means)
+    # equal weights move exactly log(1/3) − log π_k into each component's log-density
+    t = ds.test[:5]
+    d = uniform.base.component_log_prob(t) - fitted.base.component_log_prob(t)
+    assert torch.allclose(d, (-math.log(3) - fitted.base.log_pi).expand_as(d), atol=1e-4)
+
+
+def test_class_fitted_mixture_is_checked():
+    from pdebm.build import build_data_and_energy
+
+    with pytest.raises(ConfigError, match="one component per class: energy.base_components=2, "
+                                          "but the training images hold 3 classes"):
+        build_data_and_energy(compose(["dataset=digits", "dataset.transform=zca",
+                                       "dataset.classes=[2,3,6]", "energy=conv",
+                                       "energy.base=mixture", "energy.base_components=2",
+                                       "energy.base_fit=classes"]))
+    with pytest.raises(ConfigError, match="energy.base_fit="):
+        MixtureBase((1, 8, 8), 3, fit="kmeans")
+    with pytest.raises(ConfigError, match="energy.base_weights="):
+        MixtureBase((1, 8, 8), 3, weights="equal")
+    with pytest.raises(ConfigError, match="needs labelled"):
+        MixtureBase((1, 8, 8), 3, fit="classes").fit(torch.randn(10, 1, 8, 8))

@@ -121,6 +121,11 @@ class GaussianBase(nn.Module):
         return self.unwhiten(eps).detach()
 
 
+BASES = ("gaussian", "mixture", "none")
+BASE_FITS = ("em", "classes")          # energy.base_fit (base=mixture): how the components are fitted
+BASE_WEIGHTS = ("fitted", "uniform")   # energy.base_weights (base=mixture): the fit's π_k, or 1/K
+
+
 class MixtureBase(nn.Module):
     """A fixed Gaussian mixture ``Σ_k π_k N(μ_k, Σ_k)`` over the data shape (full covariances),
     fitted to training images by scikit-learn's ``GaussianMixture`` (:meth:`fit`).
@@ -136,14 +141,24 @@ class MixtureBase(nn.Module):
         shape: the data shape (``D = prod(shape)``).
         n_components: number of components ``K``.
         reg_covar: ``reg_covar`` of the fit (added to every covariance's diagonal).
+        fit: ``em`` (scikit-learn's EM from k-means, unsupervised) or ``classes`` (one component
+            per class of the labelled images: the class's mean and covariance, its frequency as
+            weight; the base then knows the classes' shapes).
+        weights: ``fitted`` (the fit's ``π_k``) or ``uniform`` (every ``π_k = 1/K``: with
+            ``fit=classes`` the base knows the classes but not how often each occurs, which
+            training has to learn: the mode-weight experiment).
     """
 
     def __init__(self, shape: Sequence[int], n_components: int = 5,
-                 reg_covar: float = 1e-3) -> None:
+                 reg_covar: float = 1e-3, fit: str = "em", weights: str = "fitted") -> None:
         super().__init__()
+        check(fit in BASE_FITS, f"energy.base_fit={fit!r} is not one of {list(BASE_FITS)}")
+        check(weights in BASE_WEIGHTS,
+              f"energy.base_weights={weights!r} is not one of {list(BASE_WEIGHTS)}")
         self._shape = torch.Size(int(s) for s in shape)
         k, d = int(n_components), math.prod(self._shape)
         self.n_components, self.reg_covar = k, float(reg_covar)
+        self.fit_method, self.weights = fit, weights
         self.register_buffer("log_pi", torch.full((k,), -math.log(k)))
         self.register_buffer("means", torch.zeros(k, d))
         self.register_buffer("prec_chol", torch.eye(d).repeat(k, 1, 1))   # U_k
@@ -155,22 +170,47 @@ class MixtureBase(nn.Module):
         return self._shape
 
     @torch.no_grad()
-    def fit(self, x: Tensor, seed: int = 0) -> "MixtureBase":
-        """Fit the mixture to the points ``x`` (N, *shape) (k-means initialisation, fixed seed)."""
-        from sklearn.mixture import GaussianMixture
-
-        flat = x.detach().flatten(1).double().cpu().numpy()
-        check(len(flat) >= self.n_components,
-              f"energy.base_components={self.n_components} exceeds the {len(flat)} images the "
+    def fit(self, x: Tensor, labels: Tensor | None = None, seed: int = 0) -> "MixtureBase":
+        """Fit the mixture to the points ``x`` (N, *shape): by EM from a k-means start (fixed
+        seed), or with ``fit=classes`` one component per class of ``labels`` (N,), in the
+        order of the sorted class labels."""
+        flat = x.detach().flatten(1).double().cpu()
+        k = self.n_components
+        check(len(flat) >= k, f"energy.base_components={k} exceeds the {len(flat)} images the "
               "base is fitted to")
-        g = GaussianMixture(self.n_components, covariance_type="full", reg_covar=self.reg_covar,
-                            random_state=seed, max_iter=200).fit(flat)
-        cov = torch.as_tensor(g.covariances_, dtype=torch.float64)
+        if self.fit_method == "classes":
+            check(labels is not None, "energy.base_fit=classes needs labelled training images")
+            labels = torch.as_tensor(labels).cpu()
+            classes = labels.unique()
+            check(len(classes) == k, f"energy.base_fit=classes makes one component per class: "
+                  f"energy.base_components={k}, but the training images hold {len(classes)} "
+                  f"classes")
+            eye = torch.eye(flat.shape[1], dtype=torch.float64)
+            parts = [flat[labels == c] for c in classes]
+            check(all(len(p) > 1 for p in parts), "energy.base_fit=classes: a class has fewer "
+                  "than 2 training images")
+            means = torch.stack([p.mean(0) for p in parts])
+            cov = torch.stack([torch.cov(p.T).reshape(len(eye), len(eye)) + self.reg_covar * eye
+                               for p in parts])
+            weights = torch.tensor([len(p) / len(flat) for p in parts], dtype=torch.float64)
+            scale_tril = torch.linalg.cholesky(cov)
+            prec_chol = torch.linalg.solve_triangular(scale_tril, eye.expand_as(cov),
+                                                      upper=False).transpose(1, 2)  # U = L⁻ᵀ
+        else:
+            from sklearn.mixture import GaussianMixture
+
+            g = GaussianMixture(k, covariance_type="full", reg_covar=self.reg_covar,
+                                random_state=seed, max_iter=200).fit(flat.numpy())
+            means, weights = torch.as_tensor(g.means_), torch.as_tensor(g.weights_)
+            scale_tril = torch.linalg.cholesky(torch.as_tensor(g.covariances_, dtype=torch.float64))
+            prec_chol = torch.as_tensor(g.precisions_cholesky_)
+        if self.weights == "uniform":
+            weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
         dev = self.means.device
-        self.log_pi.copy_(torch.as_tensor(g.weights_).log().float().to(dev))
-        self.means.copy_(torch.as_tensor(g.means_).float().to(dev))
-        self.prec_chol.copy_(torch.as_tensor(g.precisions_cholesky_).float().to(dev))
-        self.scale_tril.copy_(torch.linalg.cholesky(cov).float().to(dev))
+        self.log_pi.copy_(weights.log().float().to(dev))
+        self.means.copy_(means.float().to(dev))
+        self.prec_chol.copy_(prec_chol.float().to(dev))
+        self.scale_tril.copy_(scale_tril.float().to(dev))
         self.mu.copy_((self.log_pi.exp()[:, None] * self.means).sum(0).reshape(self._shape))
         return self
 
@@ -191,11 +231,11 @@ class MixtureBase(nn.Module):
         dev = self.means.device
         k = torch.multinomial(self.log_pi.exp(), n, replacement=True, generator=generator)
         eps = torch.randn((n, self.means.shape[1]), generator=generator, device=dev)
-        x = self.means[k] + torch.einsum("nde,ne->nd", self.scale_tril[k], eps)
+        x = torch.empty_like(eps)
+        for j in range(self.n_components):  # per component: memory O(n·D), not O(n·D²)
+            idx = k == j
+            x[idx] = self.means[j] + eps[idx] @ self.scale_tril[j].T
         return x.reshape(n, *self._shape).detach()
-
-
-BASES = ("gaussian", "mixture", "none")
 
 
 class EnergyModel(nn.Module):
@@ -209,6 +249,8 @@ class EnergyModel(nn.Module):
     ``data_mean``/``data_std``/``data_shape`` are filled in by the trainer from the dataset.
     Without a base, ``self.base`` is ``None`` and :meth:`sample_base` draws ``N(0, I)`` noise
     (``self.noise``), which starts chains but is not part of the model.
+    ``base: mixture`` is :class:`MixtureBase` with ``base_components``, ``base_reg``,
+    ``base_fit`` and ``base_weights`` (its ``n_components``, ``reg_covar``, ``fit``, ``weights``).
 
     Attributes:
         example_shape: a data shape the energy takes (the tests build every energy option on
@@ -221,7 +263,8 @@ class EnergyModel(nn.Module):
                  learn_base: bool = True, base_min_std: float = 1e-2,
                  base_std_scale: float = 1.0, base: str = "gaussian",
                  base_components: int = 5, base_reg: float = 1e-3,
-                 output_bound: float | None = None) -> None:
+                 output_bound: float | None = None, base_fit: str = "em",
+                 base_weights: str = "fitted") -> None:
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
         if output_bound is not None:
@@ -234,7 +277,8 @@ class EnergyModel(nn.Module):
         if base == "mixture":
             positive("energy.base_components", base_components)
             positive("energy.base_reg", base_reg)
-            self.base = MixtureBase(self.data_shape, int(base_components), float(base_reg))
+            self.base = MixtureBase(self.data_shape, int(base_components), float(base_reg),
+                                    base_fit, base_weights)
         elif base == "gaussian":
             self.base = GaussianBase(torch.as_tensor(data_mean).reshape(self.data_shape),
                                      torch.as_tensor(data_std).reshape(self.data_shape),
@@ -254,11 +298,17 @@ class EnergyModel(nn.Module):
         """Whether the base is fitted to training data (``base: mixture``) before training."""
         return isinstance(self.base, MixtureBase)
 
-    def fit_base(self, x: Tensor) -> None:
-        """Fit a data-fitted base (``base: mixture``) to the training points ``x``; no-op for the
-        other bases (their statistics come in through ``data_mean``/``data_std``)."""
+    @property
+    def base_needs_labels(self) -> bool:
+        """Whether fitting the base needs the training images' labels (``base_fit: classes``)."""
+        return isinstance(self.base, MixtureBase) and self.base.fit_method == "classes"
+
+    def fit_base(self, x: Tensor, labels: Tensor | None = None) -> None:
+        """Fit a data-fitted base (``base: mixture``) to the training points ``x`` (and their
+        ``labels`` for ``base_fit: classes``); no-op for the other bases (their statistics come
+        in through ``data_mean``/``data_std``)."""
         if isinstance(self.base, MixtureBase):
-            self.base.fit(x)
+            self.base.fit(x, labels)
 
     def network(self, x: Tensor) -> Tensor:
         """The network's output for ``x`` (``self.net(x)``; subclasses may run it faster)."""

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from pdebm.energy.base import (ACTIVATIONS, BASES, EnergyModel, SwishBeta, make_activation,
-                               zero_init_)
+from pdebm.energy.base import (ACTIVATIONS, BASE_FITS, BASE_WEIGHTS, BASES, EnergyModel,
+                               SwishBeta, make_activation, zero_init_)
 from pdebm.errors import check, positive
 from pdebm.schema import Positive
 
@@ -110,7 +110,9 @@ class ConvEnergy(EnergyModel):
                  learn_base: bool = True, base_min_std: Positive[float] = 1e-2,
                  base_std_scale: Positive[float] = 1.0, base: Literal[BASES] = "gaussian",
                  base_components: Positive[int] = 5, base_reg: Positive[float] = 1e-3,
-                 output_bound: Positive[float] | None = None) -> None:
+                 output_bound: Positive[float] | None = None,
+                 base_fit: Literal[BASE_FITS] = "em",
+                 base_weights: Literal[BASE_WEIGHTS] = "fitted") -> None:
         shape = tuple(int(s) for s in data_shape)
         check(len(shape) == 3, f"energy=conv needs image data of shape (C, H, W), the dataset "
               f"has shape {shape}; use energy=mlp for vector data")
@@ -120,7 +122,7 @@ class ConvEnergy(EnergyModel):
         check(head in HEADS, f"energy.head={head!r} is not one of {list(HEADS)}")
         positive("energy.sn_iterations", sn_iterations)
         super().__init__(shape, data_mean, data_std, learn_base, base_min_std, base_std_scale,
-                         base, base_components, base_reg, output_bound)
+                         base, base_components, base_reg, output_bound, base_fit, base_weights)
         c_in, h, w = shape
         layers: list[nn.Module] = []
         for c_out in channels:
@@ -165,7 +167,9 @@ class MNISTSmallConvEnergy(EnergyModel):
                  learn_base: bool = True, base_min_std: Positive[float] = 1e-2,
                  base_std_scale: Positive[float] = 1.0,
                  base_components: Positive[int] = 5, base_reg: Positive[float] = 1e-3,
-                 output_bound: Positive[float] | None = None) -> None:
+                 output_bound: Positive[float] | None = None,
+                 base_fit: Literal[BASE_FITS] = "em",
+                 base_weights: Literal[BASE_WEIGHTS] = "fitted") -> None:
         shape = tuple(int(s) for s in data_shape)
         check(shape[1:] == (28, 28) and shape[0] == 1,
               f"energy=mnist_small_conv is the authors' 28×28 network; the dataset has shape "
@@ -175,7 +179,7 @@ class MNISTSmallConvEnergy(EnergyModel):
               f"energy.activation={activation!r} is not one of ['swish', 'leaky_relu']")
         positive("energy.sn_iterations", sn_iterations)
         super().__init__(shape, data_mean, data_std, learn_base, base_min_std, base_std_scale,
-                         base, base_components, base_reg, output_bound)
+                         base, base_components, base_reg, output_bound, base_fit, base_weights)
         specs = [(1, nc, 3, 1, 1), (nc, nc, 4, 2, 1), (nc, nc, 4, 2, 1), (nc, nc, 4, 2, 1),
                  (nc, nc, 3, 1, 0)]
         layers: list[nn.Module] = []

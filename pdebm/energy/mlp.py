@@ -8,7 +8,8 @@ from typing import Literal, Sequence
 
 from torch import Tensor, nn
 
-from pdebm.energy.base import ACTIVATIONS, BASES, EnergyModel, make_activation, zero_init_
+from pdebm.energy.base import (ACTIVATIONS, BASE_FITS, BASE_WEIGHTS, BASES, EnergyModel,
+                               make_activation, zero_init_)
 from pdebm.energy.conv import spectral_normalised  # the one spectral norm of the code base
 from pdebm.errors import check, positive
 from pdebm.schema import Positive
@@ -36,11 +37,14 @@ class MLPEnergy(EnergyModel):
                  learn_base: bool = True, base_min_std: Positive[float] = 1e-2,
                  base_std_scale: Positive[float] = 1.0, base: Literal[BASES] = "gaussian",
                  base_components: Positive[int] = 5, base_reg: Positive[float] = 1e-3,
-                 output_bound: Positive[float] | None = None, spectral_norm: bool = False,
+                 output_bound: Positive[float] | None = None,
+                 base_fit: Literal[BASE_FITS] = "em",
+                 base_weights: Literal[BASE_WEIGHTS] = "fitted", spectral_norm: bool = False,
                  sn_iterations: Positive[int] = 1) -> None:
         super().__init__(data_shape, data_mean, data_std, learn_base, base_min_std,
                          base_std_scale, base=base, base_components=base_components,
-                         base_reg=base_reg, output_bound=output_bound)
+                         base_reg=base_reg, output_bound=output_bound, base_fit=base_fit,
+                         base_weights=base_weights)
         check(base != "none" or not zero_init_last,
               "energy.base=none needs energy.zero_init_last=false: a zero network alone is a flat, "
               "unnormalisable energy")
