@@ -230,6 +230,19 @@ def test_spectral_norm_is_deterministic_and_frozen_safe():
     assert torch.equal(clone(x), new)
 
 
+def test_spectral_norm_of_a_nan_weight_leaves_the_graph_intact():
+    """A weight that went NaN is "unchanged" on the next pass: two forward passes (data, then
+    negatives, as the loss does) and one backward must give NaN gradients for the divergence
+    check to report, not an autograd error from u and v rewritten in place."""
+    e = make_conv((1, 8, 8), zero_init_last=False)
+    with torch.no_grad():
+        e.net[0].parametrizations.weight.original.fill_(float("nan"))
+    x = torch.rand(4, 1, 8, 8)
+    loss = e(x).mean() - e(x + 0.1).mean()
+    loss.backward()  # raised "modified by an inplace operation" before
+    assert not torch.isfinite(loss)
+
+
 # --------------------------------------------------------------------------- AIS
 
 class GaussianEnergy(EnergyModel):

@@ -62,7 +62,10 @@ class SpectralNorm(nn.Module):
         self._v.copy_(v)
 
     def forward(self, weight: Tensor) -> Tensor:
-        if not torch.equal(weight.detach(), self._w_ref):
+        # changed since the last estimate? (NaN equals NaN here: a diverged weight must not
+        # re-run the iteration on every forward pass, which would overwrite u and v in place
+        # under a graph that still needs them; the divergence check then reports the NaN loss)
+        if not torch.allclose(weight.detach(), self._w_ref, rtol=0.0, atol=0.0, equal_nan=True):
             self._power_iteration(weight.detach().flatten(1), self.n_iterations)
             with torch.no_grad():
                 self._w_ref.copy_(weight)
