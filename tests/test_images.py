@@ -369,3 +369,27 @@ def test_mlp_spectral_norm_normalises_every_hidden_layer_not_the_last():
     assert not hasattr(linears[-1], "parametrizations")
     plain = MLPEnergy(shape, torch.zeros(shape), torch.ones(shape), hidden=32, depth=2)
     assert not any(hasattr(m, "parametrizations") for m in plain.net)
+
+
+def test_mlp_spectral_norm_scale_sets_every_hidden_layers_norm():
+    """energy.sn_scale=c rescales each hidden layer to spectral norm c (c·W/σ̂); c = 1 is the
+    plain normalisation, bit for bit, and c ≤ 0 is a config error."""
+    from pdebm.energy.mlp import MLPEnergy
+
+    shape = (1, 8, 8)
+    kw = dict(hidden=32, depth=2, spectral_norm=True, zero_init_last=False)
+    torch.manual_seed(0)
+    scaled = MLPEnergy(shape, torch.zeros(shape), torch.ones(shape), sn_scale=1.5, **kw)
+    torch.manual_seed(0)
+    plain = MLPEnergy(shape, torch.zeros(shape), torch.ones(shape), **kw)
+    torch.manual_seed(0)
+    one = MLPEnergy(shape, torch.zeros(shape), torch.ones(shape), sn_scale=1.0, **kw)
+    linears = [m for m in scaled.net if isinstance(m, torch.nn.Linear)]
+    for layer in linears[:-1]:
+        norm = float(torch.linalg.matrix_norm(layer.weight, ord=2))
+        assert 1.5 * (1.0 - 1e-4) <= norm < 1.5 * 1.05, norm
+    x = torch.randn(5, *shape)
+    assert torch.equal(plain(x), one(x))
+    assert not torch.allclose(plain(x), scaled(x))
+    with pytest.raises(ConfigError, match="energy.sn_scale"):
+        MLPEnergy(shape, torch.zeros(shape), torch.ones(shape), sn_scale=0.0, **kw)

@@ -40,12 +40,14 @@ class SpectralNorm(nn.Module):
         weight: the weight to normalise (shapes the buffers; initial power iterations).
         n_iterations: power iterations each time the weight has changed.
         init_iterations: power iterations at construction (so the first σ̂ is accurate).
+        scale: the normalised weight's spectral norm, ``c·W/σ̂`` (1: Miyato et al.'s; larger lets
+            each layer stretch its input by up to ``c``).
     """
 
     def __init__(self, weight: Tensor, n_iterations: int = 1, init_iterations: int = 30,
-                 eps: float = 1e-12) -> None:
+                 eps: float = 1e-12, scale: float = 1.0) -> None:
         super().__init__()
-        self.n_iterations, self.eps = n_iterations, eps
+        self.n_iterations, self.eps, self.scale = n_iterations, eps, float(scale)
         mat = weight.detach().flatten(1)
         self.register_buffer("_u", F.normalize(torch.randn(mat.shape[0]), dim=0, eps=eps))
         self.register_buffer("_v", F.normalize(torch.randn(mat.shape[1]), dim=0, eps=eps))
@@ -70,14 +72,16 @@ class SpectralNorm(nn.Module):
             with torch.no_grad():
                 self._w_ref.copy_(weight)
         sigma = torch.dot(self._u, weight.flatten(1) @ self._v)  # u, v are constants for autograd
-        return weight / sigma.clamp_min(self.eps)
+        normalised = weight / sigma.clamp_min(self.eps)
+        return normalised if self.scale == 1.0 else normalised * self.scale
 
 
-def spectral_normalised(layer: nn.Module, n_iterations: int = 1) -> nn.Module:
+def spectral_normalised(layer: nn.Module, n_iterations: int = 1, scale: float = 1.0) -> nn.Module:
     """``layer`` with its ``weight`` divided by its spectral norm (:class:`SpectralNorm`, re-estimated
-    with ``n_iterations`` power iterations after each weight update); returned for chaining."""
-    parametrize.register_parametrization(layer, "weight",
-                                         SpectralNorm(layer.weight, n_iterations=n_iterations))
+    with ``n_iterations`` power iterations after each weight update) and multiplied by ``scale``;
+    returned for chaining."""
+    parametrize.register_parametrization(
+        layer, "weight", SpectralNorm(layer.weight, n_iterations=n_iterations, scale=scale))
     return layer
 
 

@@ -27,6 +27,9 @@ class MLPEnergy(EnergyModel):
         spectral_norm: divide every hidden layer's weight by its spectral norm
             (:class:`~pdebm.energy.conv.SpectralNorm`); the last layer is never normalised.
         sn_iterations: power iterations per weight update when ``spectral_norm``.
+        sn_scale: with ``spectral_norm``, each hidden layer's weight is rescaled to spectral norm
+            ``sn_scale`` (1: Lipschitz-1 layers; larger: sharper features, the network's
+            Lipschitz bound grows as ``sn_scale^depth`` times the last layer's norm).
         base, learn_base / base_*, output_bound: see :class:`~pdebm.energy.base.EnergyModel` (``base=none``:
             the network alone, as the EBM libraries' plain MLP energies).
     """
@@ -40,7 +43,7 @@ class MLPEnergy(EnergyModel):
                  output_bound: Positive[float] | None = None,
                  base_fit: Literal[BASE_FITS] = "em",
                  base_weights: Literal[BASE_WEIGHTS] = "fitted", spectral_norm: bool = False,
-                 sn_iterations: Positive[int] = 1) -> None:
+                 sn_iterations: Positive[int] = 1, sn_scale: Positive[float] = 1.0) -> None:
         super().__init__(data_shape, data_mean, data_std, learn_base, base_min_std,
                          base_std_scale, base=base, base_components=base_components,
                          base_reg=base_reg, output_bound=output_bound, base_fit=base_fit,
@@ -50,13 +53,14 @@ class MLPEnergy(EnergyModel):
               "unnormalisable energy")
         positive("energy.hidden", hidden)
         positive("energy.depth", depth)
+        positive("energy.sn_scale", sn_scale)
         dim = math.prod(self.data_shape)
         layers: list[nn.Module] = [nn.Flatten()]
         width = dim
         for _ in range(depth):
             linear = nn.Linear(width, hidden)
             if spectral_norm:
-                spectral_normalised(linear, sn_iterations)
+                spectral_normalised(linear, sn_iterations, scale=sn_scale)
             layers += [linear, make_activation(activation, hidden)]
             width = hidden
         last = nn.Linear(width, 1)
