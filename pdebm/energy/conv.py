@@ -73,6 +73,7 @@ class SpectralNorm(nn.Module):
                 self._w_ref.copy_(weight)
         sigma = torch.dot(self._u, weight.flatten(1) @ self._v)  # u, v are constants for autograd
         normalised = weight / sigma.clamp_min(self.eps)
+        # scale 1 skips the product so that the unscaled weight stays the same bits as before
         return normalised if self.scale == 1.0 else normalised * self.scale
 
 
