@@ -131,3 +131,29 @@ def test_class_fitted_mixture_is_checked():
         MixtureBase((1, 8, 8), 3, weights="equal")
     with pytest.raises(ConfigError, match="needs labelled"):
         MixtureBase((1, 8, 8), 3, fit="classes").fit(torch.randn(10, 1, 8, 8))
+
+
+def test_class_base_reg_script_fits_the_presets_base_and_refuses_a_bad_reg():
+    """scripts/class_base_reg.py chooses experiment=digits_modes_mixture's base_reg: its class
+    Gaussians must be the base's own components, and a reg ≤ 0 is one error line, exit 2."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pdebm.build import build_data_and_energy
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "class_base_reg.py"
+    spec = importlib.util.spec_from_file_location("class_base_reg", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ds, energy = build_data_and_energy(compose(["experiment=digits_modes_mixture"]))
+    x = ds.statistics_images().flatten(1).double()
+    y = torch.as_tensor(ds.train_labels[:len(x)])
+    t = ds.test[:6].flatten(1).double()
+    ours = torch.stack([g.log_prob(t) for g in mod.class_gaussians(x, y, 0.5)], 1) - math.log(3)
+    assert torch.allclose(ours, energy.base.component_log_prob(ds.test[:6]).double(), atol=1e-3)
+    res = subprocess.run([sys.executable, str(script), "--regs", "0.5", "0"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip() == "pdebm: error: --regs must all be > 0"
