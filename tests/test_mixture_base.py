@@ -134,14 +134,20 @@ def test_class_fitted_mixture_is_checked():
 
 
 def test_class_base_reg_script_fits_the_presets_base_and_refuses_a_bad_reg():
-    """scripts/class_base_reg.py chooses experiment=digits_modes_mixture's base_reg: its class
-    Gaussians must be the base's own components, and a reg ≤ 0 is one error line, exit 2."""
+    """scripts/class_base_reg.py chooses experiment=digits_modes_mixture's base_reg: the preset's
+    base components and the script's held-out number must both match class Gaussians computed
+    here independently, and a reg ≤ 0 is one error line, exit 2."""
     import importlib.util
     import subprocess
     import sys
     from pathlib import Path
 
     from pdebm.build import build_data_and_energy
+
+    def class_gaussians(x, y, reg):  # the oracle: one MultivariateNormal per class, float64
+        eye = torch.eye(x.shape[1], dtype=x.dtype)
+        return [torch.distributions.MultivariateNormal(x[y == c].mean(0), torch.cov(x[y == c].T) + reg * eye)
+                for c in y.unique()]
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "class_base_reg.py"
     spec = importlib.util.spec_from_file_location("class_base_reg", script)
@@ -151,8 +157,15 @@ def test_class_base_reg_script_fits_the_presets_base_and_refuses_a_bad_reg():
     x = ds.statistics_images().flatten(1).double()
     y = torch.as_tensor(ds.train_labels[:len(x)])
     t = ds.test[:6].flatten(1).double()
-    ours = torch.stack([g.log_prob(t) for g in mod.class_gaussians(x, y, 0.5)], 1) - math.log(3)
+    ours = torch.stack([g.log_prob(t) for g in class_gaussians(x, y, 0.5)], 1) - math.log(3)
     assert torch.allclose(ours, energy.base.component_log_prob(ds.test[:6]).double(), atol=1e-3)
+    held = torch.zeros(len(x), dtype=torch.bool)  # the script's split: the last fifth of each class
+    for c in y.unique():
+        idx = (y == c).nonzero().flatten()
+        held[idx[len(idx) - len(idx) // 5:]] = True
+    lp = torch.stack([g.log_prob(x[held]) for g in class_gaussians(x[~held], y[~held], 0.5)], 1)
+    [(reg, ll)] = mod.table("digits_modes_mixture", [0.5])
+    assert reg == 0.5 and abs(ll - float((lp - math.log(3)).logsumexp(1).mean())) < 1e-3
     res = subprocess.run([sys.executable, str(script), "--regs", "0.5", "0"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and res.stdout == ""
