@@ -17,15 +17,20 @@ For each it prints the recovered proportions of the classes (plus "other": any o
 class) and the total-variation distance to the target ``w/Σw`` (other: 0),
 ``TV = ½ Σ |p̂ − p|``, and "TV within": the same with the shares renormalised over the target
 classes (the weights' error apart from samples that look like no target class), per seed and as
-a mean over seeds. Reference rows: the subset's test images (true and classified labels) and the
-untrained model (its base: exact draws). The first row labels the held-out test
-images of the subset itself: the classifier's own error on real data sets the floor.
+a mean over seeds. Reference rows: the subset's test images (true and classified labels), the
+untrained model (its base: exact draws), and a density whose class weights are exactly right:
+one full-covariance Gaussian per class (``--class-reg`` on its diagonal) weighted 4:2:1, exact
+draws. The first row labels the held-out test images of the subset itself: the classifier's own
+error on real data sets the floor. The last shows how much of a model's TV comes from samples
+that look like no target class when the weights are not at fault at all
+(``--references-only`` prints these rows without training anything).
 
 Each run is a normal ``pdebm train`` (subprocess, one thread) in ``<out>/<sampler>/seed<s>``;
 a run whose ``checkpoints/last.pt`` is at its last step is reused.
 
     python scripts/mode_weights.py --seeds 0 1 2 --jobs 2
     python scripts/mode_weights.py --seeds 0 --samplers particle pcd steps=100   # key=value: overrides
+    python scripts/mode_weights.py --references-only                             # reference rows only
 """
 
 from __future__ import annotations
@@ -131,6 +136,20 @@ def analyse(run_dir: Path, classifier, n_chains: int, n_temps: int, seed: int,
             "wall_clock_s": float(state.get("wall_clock", float("nan")))}
 
 
+def class_mixture_reference(cfg, reg: float):
+    """The preset's energy with, as its base, one full-covariance Gaussian per target class
+    (mean and covariance of the class's training images in the model space, ``+ reg·I``)
+    weighted by the class frequencies, i.e. the target proportions: a density whose class
+    weights are right by construction (its untrained model is that base, exactly)."""
+    from pdebm.build import build_data_and_energy
+
+    ref = OmegaConf.merge(cfg, {"energy": {
+        "base": "mixture", "base_fit": "classes", "base_weights": "fitted", "base_reg": reg,
+        "base_components": len(cfg.dataset.classes)}})
+    torch.manual_seed(0)
+    return build_data_and_energy(ref)[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="digits_modes", help="experiment preset (default "
@@ -146,12 +165,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="AIS β spacing (pdebm eval's beta_schedule)")
     parser.add_argument("--out", default="outputs/mode_weights", help="run directories")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
+    parser.add_argument("--class-reg", type=float, default=None,
+                        help="ridge of the right-weights reference (one Gaussian per class): "
+                             "default the preset's energy.base_reg when its base is already one "
+                             "Gaussian per class, else 0.5 (digits' held-out choice, "
+                             "scripts/class_base_reg.py; Fashion-MNIST: 0.03)")
+    parser.add_argument("--references-only", action="store_true",
+                        help="print the reference rows and stop (no training)")
     args = parser.parse_args(argv)
     samplers = [s for s in args.samplers if "=" not in s]
     overrides = [s for s in args.samplers if "=" in s]
     if args.jobs < 1 or args.ais_chains < 2 or args.n_temps < 1:
         print("pdebm: error: --jobs and --n-temps must be >= 1, --ais-chains >= 2",
               file=sys.stderr)
+        return 2
+    if args.class_reg is not None and not args.class_reg > 0:
+        print(f"pdebm: error: --class-reg must be > 0 (got {args.class_reg})", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -163,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs = [(s, seed, [f"experiment={args.preset}", f"sampler={s}", f"seed={seed}", *overrides])
             for s in samplers for seed in args.seeds]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(lambda j: train_run(out / j[0] / f"seed{j[1]}", j[2], log), jobs))
+    if not args.references_only:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda j: train_run(out / j[0] / f"seed{j[1]}", j[2], log), jobs))
 
     from pdebm.config import compose_config, instantiate
     from pdebm.metrics.classifier import accuracy, classifier_for
@@ -189,8 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     _, initial = build_data_and_energy(cfg)  # the untrained model: its base, exactly
     x0 = initial.sample_base(5000, generator=torch.Generator().manual_seed(0))
     init_p = proportions(clf.net(subset.to_images(x0)).argmax(1), torch.ones(len(x0)), classes)
+    own_classes = cfg.energy.get("base") == "mixture" and cfg.energy.get("base_fit") == "classes"
+    reg = args.class_reg if args.class_reg is not None else (
+        float(cfg.energy.base_reg) if own_classes else 0.5)
+    xr = class_mixture_reference(cfg, reg).sample_base(5000, generator=torch.Generator().manual_seed(0))
+    ref_p = proportions(clf.net(subset.to_images(xr)).argmax(1), torch.ones(len(xr)), classes)
     results = {"classifier_test_accuracy": clf.test_accuracy, "target": target,
-               "initial_model": init_p,
+               "initial_model": init_p, "right_weights_reference": ref_p,
+               "right_weights_reference_reg": reg,
                "test_images_true": true_p, "test_images_classified": data_p, "runs": []}
     names = [str(c) for c in classes] + ["other"]
     head = " / ".join(names)
@@ -207,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{tv_within(data_p, target):.3f} | | | | | |")
     print(f"| initial model (its base, 5000 exact draws), classified | – | {fmt(init_p)} | "
           f"{tv(init_p, target):.3f} | {tv_within(init_p, target):.3f} | | | | | |")
+    print(f"| right weights: one Gaussian per class (+ {reg:g}·I) at {':'.join(f'{w:g}' for w in weights)} "
+          f"(5000 exact draws), classified | – | {fmt(ref_p)} | {tv(ref_p, target):.3f} | "
+          f"{tv_within(ref_p, target):.3f} | | | | | |")
+    if args.references_only:
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return 0
     summary: dict[str, list] = {}
     for s, seed, _ in jobs:
         r = analyse(out / s / f"seed{seed}", clf.net, args.ais_chains, args.n_temps, seed,

@@ -170,3 +170,37 @@ def test_class_base_reg_script_fits_the_presets_base_and_refuses_a_bad_reg():
                          capture_output=True, text=True)
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.strip() == "pdebm: error: --regs must all be > 0"
+
+
+def test_mode_weights_right_weights_reference_is_the_class_gaussians_at_the_class_frequencies():
+    """scripts/mode_weights.py's right-weights reference row: one Gaussian per target class
+    (its training images' mean and covariance + reg·I) weighted by the class frequencies of the
+    4:2:1 subset; a --class-reg ≤ 0 is one error line, exit 2, before anything is fitted."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "mode_weights.py"
+    spec = importlib.util.spec_from_file_location("mode_weights", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = compose(["experiment=digits_modes"])
+    energy = mod.class_mixture_reference(cfg, 0.2)
+    from pdebm.build import build_data_and_energy
+    ds, plain = build_data_and_energy(cfg)
+    assert not isinstance(plain.base, MixtureBase)  # the preset itself keeps its Gaussian
+    x = ds.statistics_images().flatten(1).double()
+    y = torch.as_tensor(ds.train_labels[:len(x)])
+    freq = torch.stack([(y == c).double().mean() for c in (2, 3, 6)])
+    assert torch.allclose(energy.base.log_pi.exp().double(), freq, atol=1e-6)
+    assert torch.allclose(freq, torch.tensor([4 / 7, 2 / 7, 1 / 7], dtype=torch.float64), atol=0.01)
+    for k, c in enumerate((2, 3, 6)):
+        want = torch.distributions.MultivariateNormal(
+            x[y == c].mean(0), torch.cov(x[y == c].T) + 0.2 * torch.eye(x.shape[1], dtype=x.dtype))
+        got = energy.base.component_log_prob(ds.test[:4]).double()[:, k] - energy.base.log_pi[k]
+        assert torch.allclose(got, want.log_prob(ds.test[:4].flatten(1).double()), atol=1e-3)
+    res = subprocess.run([sys.executable, str(script), "--references-only", "--class-reg", "0"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip() == "pdebm: error: --class-reg must be > 0 (got 0.0)"
