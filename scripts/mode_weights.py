@@ -136,18 +136,16 @@ def analyse(run_dir: Path, classifier, n_chains: int, n_temps: int, seed: int,
             "wall_clock_s": float(state.get("wall_clock", float("nan")))}
 
 
-def class_mixture_reference(cfg, reg: float):
-    """The preset's energy with, as its base, one full-covariance Gaussian per target class
-    (mean and covariance of the class's training images in the model space, ``+ reg·I``)
-    weighted by the class frequencies, i.e. the target proportions: a density whose class
-    weights are right by construction (its untrained model is that base, exactly)."""
-    from pdebm.build import build_data_and_energy
+def class_mixture_reference(dataset, n_classes: int, reg: float) -> "MixtureBase":
+    """One full-covariance Gaussian per target class (mean and covariance of the class's training
+    images in the model space, ``+ reg·I``) weighted by the class frequencies, i.e. the target
+    proportions: a density whose class weights are right by construction. The same fit as a
+    class-given preset's base (``energy.base_fit=classes``), on the data set already loaded."""
+    from pdebm.energy.base import MixtureBase
 
-    ref = OmegaConf.merge(cfg, {"energy": {
-        "base": "mixture", "base_fit": "classes", "base_weights": "fitted", "base_reg": reg,
-        "base_components": len(cfg.dataset.classes)}})
-    torch.manual_seed(0)
-    return build_data_and_energy(ref)[1]
+    x = dataset.statistics_images()
+    return MixtureBase(x.shape[1:], n_classes, reg_covar=reg, fit="classes",
+                       weights="fitted").fit(x, dataset.train_labels[:len(x)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,13 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     from pdebm.build import build_data_and_energy
 
     torch.manual_seed(0)
-    _, initial = build_data_and_energy(cfg)  # the untrained model: its base, exactly
+    data, initial = build_data_and_energy(cfg)  # the untrained model: its base, exactly
     x0 = initial.sample_base(5000, generator=torch.Generator().manual_seed(0))
     init_p = proportions(clf.net(subset.to_images(x0)).argmax(1), torch.ones(len(x0)), classes)
     own_classes = cfg.energy.get("base") == "mixture" and cfg.energy.get("base_fit") == "classes"
     reg = args.class_reg if args.class_reg is not None else (
         float(cfg.energy.base_reg) if own_classes else 0.5)
-    xr = class_mixture_reference(cfg, reg).sample_base(5000, generator=torch.Generator().manual_seed(0))
+    xr = class_mixture_reference(data, len(classes), reg).sample(
+        5000, generator=torch.Generator().manual_seed(0))
     ref_p = proportions(clf.net(subset.to_images(xr)).argmax(1), torch.ones(len(xr)), classes)
     results = {"classifier_test_accuracy": clf.test_accuracy, "target": target,
                "initial_model": init_p, "right_weights_reference": ref_p,

@@ -186,19 +186,19 @@ def test_mode_weights_right_weights_reference_is_the_class_gaussians_at_the_clas
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     cfg = compose(["experiment=digits_modes"])
-    energy = mod.class_mixture_reference(cfg, 0.2)
     from pdebm.build import build_data_and_energy
     ds, plain = build_data_and_energy(cfg)
     assert not isinstance(plain.base, MixtureBase)  # the preset itself keeps its Gaussian
+    base = mod.class_mixture_reference(ds, 3, 0.2)
     x = ds.statistics_images().flatten(1).double()
     y = torch.as_tensor(ds.train_labels[:len(x)])
     freq = torch.stack([(y == c).double().mean() for c in (2, 3, 6)])
-    assert torch.allclose(energy.base.log_pi.exp().double(), freq, atol=1e-6)
+    assert torch.allclose(base.log_pi.exp().double(), freq, atol=1e-6)
     assert torch.allclose(freq, torch.tensor([4 / 7, 2 / 7, 1 / 7], dtype=torch.float64), atol=0.01)
     for k, c in enumerate((2, 3, 6)):
         want = torch.distributions.MultivariateNormal(
             x[y == c].mean(0), torch.cov(x[y == c].T) + 0.2 * torch.eye(x.shape[1], dtype=x.dtype))
-        got = energy.base.component_log_prob(ds.test[:4]).double()[:, k] - energy.base.log_pi[k]
+        got = base.component_log_prob(ds.test[:4]).double()[:, k] - base.log_pi[k]
         assert torch.allclose(got, want.log_prob(ds.test[:4].flatten(1).double()), atol=1e-3)
     res = subprocess.run([sys.executable, str(script), "--references-only", "--class-reg", "0"],
                          capture_output=True, text=True)
