@@ -105,6 +105,11 @@ def proportions(pred: torch.Tensor, weights: torch.Tensor, classes: list[int]) -
     return shares + [max(0.0, 1.0 - sum(shares))]
 
 
+def spread(v: list[float]) -> str:
+    """A summary cell: mean over seeds, min–max in brackets."""
+    return f"{statistics.mean(v):.3f} ({min(v):.3f}–{max(v):.3f})"
+
+
 def tv(p: list[float], target: list[float]) -> float:
     return 0.5 * sum(abs(a - b) for a, b in zip(p, target))
 
@@ -118,9 +123,9 @@ def tv_within(p: list[float], target: list[float]) -> float:
 
 @torch.no_grad()
 def analyse(run_dir: Path, classifier, n_chains: int, n_temps: int, seed: int,
-            beta_schedule: str = "geometric", three=None) -> dict:
-    """Classifier-labelled negatives and AIS model samples of one finished run (and, with
-    ``three``, a labeller of the target classes alone, their shares under it as ``*_3``)."""
+            beta_schedule: str, three) -> dict:
+    """Classifier-labelled negatives and AIS model samples of one finished run, and their shares
+    under ``three``, the labeller of the target classes alone (``*_3``)."""
     from pdebm import checkpoint
     from pdebm.build import _to
     from pdebm.config import instantiate
@@ -146,15 +151,13 @@ def analyse(run_dir: Path, classifier, n_chains: int, n_temps: int, seed: int,
         return classifier(dataset.to_images(z.cpu())).argmax(1)
 
     classes = [int(c) for c in cfg.dataset.classes]
-    out = {"classes": classes, "negatives": proportions(labels(x), w_neg, classes),
+    return {"classes": classes, "negatives": proportions(labels(x), w_neg, classes),
            "negatives_ess": float(1.0 / w_neg.pow(2).sum()) / len(w_neg),
            "samples": proportions(labels(ais.samples), w_ais, classes),
            "samples_ess": ais.ess / n_chains, "log_z": ais.log_z,
-           "wall_clock_s": float(state.get("wall_clock", float("nan")))}
-    if three is not None:
-        out["negatives_3"] = proportions(three(dataset.to_images(x.cpu())), w_neg, classes)
-        out["samples_3"] = proportions(three(dataset.to_images(ais.samples.cpu())), w_ais, classes)
-    return out
+           "wall_clock_s": float(state.get("wall_clock", float("nan"))),
+           "negatives_3": proportions(three(dataset.to_images(x.cpu())), w_neg, classes),
+           "samples_3": proportions(three(dataset.to_images(ais.samples.cpu())), w_ais, classes)}
 
 
 def class_mixture_reference(dataset, n_classes: int, reg: float) -> "MixtureBase":
@@ -215,11 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda j: train_run(out / j[0] / f"seed{j[1]}", j[2], log), jobs))
 
+    from pdebm.build import build_data_and_energy
     from pdebm.config import compose_config, instantiate
-    from pdebm.metrics.classifier import accuracy, classifier_for
+    from pdebm.metrics.classifier import classifier_for
 
     cfg = compose_config([f"experiment={args.preset}", *overrides])
-    subset = instantiate(cfg.dataset, seed=0)
+    torch.manual_seed(0)
+    subset, initial = build_data_and_energy(cfg)  # the untrained model: its base, exactly
     full = instantiate(OmegaConf.merge(cfg.dataset, {"classes": None, "class_weights": None}),
                        seed=0)
     clf = classifier_for(full)
@@ -239,16 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     data_p = proportions(test_pred, torch.ones(len(test_pred)), classes)
     true_p = proportions(subset.test_labels, torch.ones(len(test_pred)), classes)
 
-    from pdebm.build import build_data_and_energy
-
-    torch.manual_seed(0)
-    data, initial = build_data_and_energy(cfg)  # the untrained model: its base, exactly
     x0 = initial.sample_base(5000, generator=torch.Generator().manual_seed(0))
     init_p = proportions(clf.net(subset.to_images(x0)).argmax(1), torch.ones(len(x0)), classes)
     own_classes = cfg.energy.get("base") == "mixture" and cfg.energy.get("base_fit") == "classes"
     reg = args.class_reg if args.class_reg is not None else (
         float(cfg.energy.base_reg) if own_classes else 0.5)
-    xr = class_mixture_reference(data, len(classes), reg).sample(
+    xr = class_mixture_reference(subset, len(classes), reg).sample(
         5000, generator=torch.Generator().manual_seed(0))
     ref_p = proportions(clf.net(subset.to_images(xr)).argmax(1), torch.ones(len(xr)), classes)
     refs3 = {name: proportions(three(subset.to_images(z)), torch.ones(len(z)), classes)
@@ -314,11 +315,7 @@ def main(argv: list[str] | None = None) -> int:
           "model samples TV within |")
     print("|---|---|---|---|---|---|")
     for s, rs in summary.items():
-        cells = []
-        for k in keys:
-            v = [r[k] for r in rs]
-            cells.append(f"{statistics.mean(v):.3f} ({min(v):.3f}–{max(v):.3f})")
-        print(f"| {s} | {len(rs)} | " + " | ".join(cells) + " |")
+        print(f"| {s} | {len(rs)} | " + " | ".join(spread([r[k] for r in rs]) for k in keys) + " |")
     print("\n(mean over seeds, min–max in brackets; TV within: shares renormalised over the "
           "target classes)")
     print(heading3 + "\n")
@@ -329,11 +326,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['negatives_tv_3']:.3f} | {fmt3(r['samples_3'])} | {r['samples_tv_3']:.3f} |")
     print("\n| sampler | seeds | negatives TV | model samples TV |\n|---|---|---|---|")
     for s, rs in summary.items():
-        cells = []
-        for k in ("negatives_tv_3", "samples_tv_3"):
-            v = [r[k] for r in rs]
-            cells.append(f"{statistics.mean(v):.3f} ({min(v):.3f}–{max(v):.3f})")
-        print(f"| {s} | {len(rs)} | " + " | ".join(cells) + " |")
+        print(f"| {s} | {len(rs)} | " + " | ".join(spread([r[k] for r in rs])
+                                                   for k in ("negatives_tv_3", "samples_tv_3")) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
