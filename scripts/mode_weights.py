@@ -147,17 +147,16 @@ def analyse(run_dir: Path, classifier, n_chains: int, n_temps: int, seed: int,
                                              mala=True), seed=seed)
     w_ais = torch.softmax(ais.log_weights.double(), 0)
 
-    def labels(z: torch.Tensor) -> torch.Tensor:
-        return classifier(dataset.to_images(z.cpu())).argmax(1)
-
     classes = [int(c) for c in cfg.dataset.classes]
-    return {"classes": classes, "negatives": proportions(labels(x), w_neg, classes),
+    neg, samples = dataset.to_images(x.cpu()), dataset.to_images(ais.samples.cpu())
+    return {"classes": classes,
+           "negatives": proportions(classifier(neg).argmax(1), w_neg, classes),
            "negatives_ess": float(1.0 / w_neg.pow(2).sum()) / len(w_neg),
-           "samples": proportions(labels(ais.samples), w_ais, classes),
+           "samples": proportions(classifier(samples).argmax(1), w_ais, classes),
            "samples_ess": ais.ess / n_chains, "log_z": ais.log_z,
            "wall_clock_s": float(state.get("wall_clock", float("nan"))),
-           "negatives_3": proportions(three(dataset.to_images(x.cpu())), w_neg, classes),
-           "samples_3": proportions(three(dataset.to_images(ais.samples.cpu())), w_ais, classes)}
+           "negatives_3": proportions(three(neg), w_neg, classes),
+           "samples_3": proportions(three(samples), w_ais, classes)}
 
 
 def class_mixture_reference(dataset, n_classes: int, reg: float) -> "MixtureBase":
@@ -240,21 +239,24 @@ def main(argv: list[str] | None = None) -> int:
         f"images of classes {classes}")
     weights = [float(w) for w in cfg.dataset.class_weights]
     target = [w / sum(weights) for w in weights] + [0.0]
-    test_pred = clf.net(subset.to_images(subset.test)).argmax(1)
+    test_images = subset.to_images(subset.test)
+    test_pred = clf.net(test_images).argmax(1)
     data_p = proportions(test_pred, torch.ones(len(test_pred)), classes)
     true_p = proportions(subset.test_labels, torch.ones(len(test_pred)), classes)
 
     x0 = initial.sample_base(5000, generator=torch.Generator().manual_seed(0))
-    init_p = proportions(clf.net(subset.to_images(x0)).argmax(1), torch.ones(len(x0)), classes)
+    x0_images = subset.to_images(x0)
+    init_p = proportions(clf.net(x0_images).argmax(1), torch.ones(len(x0)), classes)
     own_classes = cfg.energy.get("base") == "mixture" and cfg.energy.get("base_fit") == "classes"
     reg = args.class_reg if args.class_reg is not None else (
         float(cfg.energy.base_reg) if own_classes else 0.5)
     xr = class_mixture_reference(subset, len(classes), reg).sample(
         5000, generator=torch.Generator().manual_seed(0))
-    ref_p = proportions(clf.net(subset.to_images(xr)).argmax(1), torch.ones(len(xr)), classes)
-    refs3 = {name: proportions(three(subset.to_images(z)), torch.ones(len(z)), classes)
-             for name, z in (("test_images_classified", subset.test), ("initial_model", x0),
-                             ("right_weights_reference", xr))}
+    xr_images = subset.to_images(xr)
+    ref_p = proportions(clf.net(xr_images).argmax(1), torch.ones(len(xr)), classes)
+    refs3 = {name: proportions(three(u), torch.ones(len(u)), classes)
+             for name, u in (("test_images_classified", test_images),
+                             ("initial_model", x0_images), ("right_weights_reference", xr_images))}
     results = {"classifier_test_accuracy": clf.test_accuracy, "target": target,
                "initial_model": init_p, "right_weights_reference": ref_p,
                "right_weights_reference_reg": reg,
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 "sample labelled one of them")
     print(heading3 + "\n")
     print(f"| reference | {names3} | TV |\n|---|---|---|")
-    fmt3 = lambda p: " / ".join(f"{v:.3f}" for v in p[:-1])  # noqa: E731
+    fmt3 = lambda p: fmt(p[:-1])  # noqa: E731  (no "other" share)
     for name, label in (("test_images_classified", "held-out images, classified"),
                         ("initial_model", "initial model (5000 exact draws)"),
                         ("right_weights_reference", f"right weights (+ {reg:g}·I)")):
