@@ -159,7 +159,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
         r = image_score_for(dataset, n_reference=int(cfg.fid_reference),
                             seed=int(cfg.seed))(dataset.to_images(result.samples.cpu()))
-        scalars.update(fid=r["fid"], kid=r["kid"], kid_std=r["kid_std"])
+        scalars.update(fid=r["fid"], kid=r["kid"], kid_std=r["kid_std"], confident=r["confident"])
     report = {"checkpoint": str(ckpt.resolve()), "step": step, "n_test": len(x_test),
               "n_dims": result.n_dims, "n_temps": temps[-1],
               "final_step_size": result.ais.step_size,

@@ -137,7 +137,7 @@ class Monitor:
                 pick = weighted_pick(log_w if weighted else None, len(x), gen)
                 xs = x.detach() if pick is None else x.detach()[pick.to(x.device)]
                 r = self.score(self.dataset.to_images(xs.cpu()), salt=step)
-                s.update(fid=r["fid"], kid=r["kid"], kid_std=r["kid_std"],
+                s.update(fid=r["fid"], kid=r["kid"], kid_std=r["kid_std"], confident=r["confident"],
                          fid_classifier_accuracy=self.classifier_accuracy)
             k = min(self.n_plot, 64)
             images["negatives"] = image_grid(self.dataset.to_images(x[:k].cpu()))

@@ -272,7 +272,7 @@ def record(energy, x: Tensor, kernel: LangevinConfig, e_data: float, score, data
         rec["accept_rate_probe"] = probe_accept(energy, x, kernel)
     if score is not None:
         r = score(dataset.to_images(x.cpu()), salt=step)
-        rec.update(fid=r["fid"], kid=r["kid"], kid_std=r["kid_std"])
+        rec.update(fid=r["fid"], kid=r["kid"], kid_std=r["kid_std"], confident=r["confident"])
     return rec
 
 

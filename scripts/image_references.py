@@ -12,6 +12,10 @@ Rows, each over ``--repeats`` independent draws of ``n`` images (mean ± sd):
   Fashion-MNIST: the first 10 000, ``reg_covar`` 1e-3);
 - ``uniform noise``: the ceiling.
 
+Each row also gives ``confident``: the fraction of the ``n`` images the classifier labels with
+top-class probability ≥ 0.9 (:data:`pdebm.metrics.fid.CONFIDENT`), the yardstick for a model's
+"reads as one of the classes".
+
 Samples are clipped to ``[0, 1]`` (the pixel range) before scoring, as model samples are.
 
     python scripts/image_references.py --datasets digits --n 100 128
@@ -84,8 +88,11 @@ def references(name: str, sizes: list[int], repeats: int, components: int, shrin
             vals = [score(draw(n, g).clamp(0, 1), salt=r) for r in range(repeats)]
             fid = np.array([v["fid"] for v in vals])
             kid = np.array([v["kid"] for v in vals])
-            out["rows"][row][n] = {"fid": fid.mean(), "fid_sd": fid.std(ddof=1) if repeats > 1 else 0.0,
-                                   "kid": kid.mean(), "kid_sd": kid.std(ddof=1) if repeats > 1 else 0.0}
+            conf = np.array([v["confident"] for v in vals])
+            sd = (lambda a: a.std(ddof=1)) if repeats > 1 else (lambda a: 0.0)
+            out["rows"][row][n] = {"fid": fid.mean(), "fid_sd": sd(fid), "kid": kid.mean(),
+                                   "kid_sd": sd(kid), "confident": conf.mean(),
+                                   "confident_sd": sd(conf)}
     return out
 
 
@@ -111,11 +118,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{name}: FID / KID against {res['n_reference']} held-out images "
                   f"(classifier test accuracy {res['classifier_test_accuracy']:.3f}; mean ± sd "
                   f"over {args.repeats} draws)")
-            print("| reference | " + " | ".join(f"FID n={n} | KID n={n}" for n in args.n) + " |")
-            print("|---|" + "---|---|" * len(args.n))
+            print("| reference | " + " | ".join(f"FID n={n} | KID n={n} | confident n={n}"
+                                                for n in args.n) + " |")
+            print("|---|" + "---|---|---|" * len(args.n))
             for row, by_n in res["rows"].items():
                 cells = " | ".join(f"{v['fid']:.3f} ± {v['fid_sd']:.3f} | {v['kid']:.3f} ± "
-                                   f"{v['kid_sd']:.3f}" for v in by_n.values())
+                                   f"{v['kid_sd']:.3f} | {v['confident']:.3f} ± "
+                                   f"{v['confident_sd']:.3f}" for v in by_n.values())
                 print(f"| {row} | {cells} |")
     if args.json:
         with open(args.json, "w") as f:

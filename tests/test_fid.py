@@ -39,6 +39,9 @@ def test_fid_of_a_sample_against_itself_is_zero_and_against_noise_large(digits, 
     assert 0 < floor["fid"] < noise["fid"] / 10 and floor["fid"] < blank["fid"] / 10
     # KID: noise far above the floor, by many of its own standard deviations
     assert noise["kid"] > floor["kid"] + 10 * noise["kid_std"]
+    # the classifier is confident on nearly all held-out digits, on far fewer noise images
+    assert same["confident"] > 0.9 and floor["confident"] > 0.9
+    assert noise["confident"] < same["confident"] - 0.3
     # scoring never moves the global generator, and the same salt gives the same KID
     state = torch.get_rng_state()
     assert score(held_out[:200], salt=3) == score(held_out[:200], salt=3)
@@ -72,6 +75,7 @@ def test_image_run_logs_fid_kid_and_particle_likelihood(make_cfg, tmp_path):
     rs = rows(tmp_path / "run")
     for r in rs:
         assert r["fid"] > 0 and math.isfinite(r["kid"]) and r["fid_classifier_accuracy"] > 0.9
+        assert 0 <= r["confident"] <= 1
         assert 0 < r["particles_ess"] <= 1 and r["particles_resamplings"] >= 0
         # nats/image and bits/dim agree: bpd = (−ll + D log L)/(D ln 2)
         assert r["test_bpd_particles"] == pytest.approx(
@@ -115,3 +119,25 @@ def test_particle_log_z_tracks_the_exact_2d_value(make_cfg, tmp_path):
         exact = r["log_z"] - math.log1p(-r["mass_outside"])
         assert abs(r["log_z_particles"] - exact) <= 3 * r["log_z_particles_se"] + 2e-3, r
     assert any(abs(r["log_z"]) > 0.3 for r in rs)  # the model moved away from its base
+
+
+def test_negatives_score_script_repeats_the_monitors_final_score(make_cfg, tmp_path, capsys):
+    """scripts/negatives_score.py, run on a finished run's checkpoint, scores the same negatives
+    against the same reference as the monitor's last ``eval/*`` row: the same FID and confident."""
+    import importlib.util
+    from pathlib import Path
+
+    cfg = make_cfg("experiment=digits_conv", *TINY, "energy.channels=[8]",
+                   "sampler=particle_unweighted", "sampler.n_steps=2")
+    train(cfg)
+    last = rows(tmp_path / "run")[-1]
+    path = Path(__file__).resolve().parent.parent / "scripts" / "negatives_score.py"
+    spec = importlib.util.spec_from_file_location("negatives_score", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    capsys.readouterr()
+    assert mod.main([str(tmp_path / "run"), "--n", "100000", "--seed", str(cfg.seed)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["step"] == last["step"] and out["n"] == cfg.sampler.n_samples
+    assert out["fid"] == pytest.approx(last["fid"], rel=1e-5)
+    assert out["confident"] == last["confident"]

@@ -8,9 +8,14 @@ so no Inception network is built and nothing is downloaded. :class:`ImageScore` 
 metrics with the *reference* features (held-out images) computed once, and scores a batch of
 samples against them.
 
-Both are biased by the sample size (FID strongly, KID's estimate is unbiased but noisy): compare
-numbers computed with the same number of samples, next to the reference rows of
-``scripts/image_references.py`` (held-out against training images: the floor).
+Beside them, ``confident``: the fraction of samples the classifier labels with a top-class
+probability of at least :data:`CONFIDENT` (0.9), a number for "reads as one of the classes".
+Read it against the reference rows of ``scripts/image_references.py``: a classifier is confident
+on many images no person would read (on the digits, on a third of uniform-noise images).
+
+Both FID and KID are biased by the sample size (FID strongly; KID's estimate is unbiased but
+noisy): compare numbers computed with the same number of samples, next to the reference rows
+(held-out against training images: the floor).
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from pdebm.errors import check
 from pdebm.metrics.classifier import Classifier
+
+
+CONFIDENT = 0.9
+"""Top-class softmax probability at or above which a sample counts as ``confident``."""
 
 
 class ClassifierFeatures(nn.Module):
@@ -70,8 +79,9 @@ class ImageScore:
             self.kid.update(chunk, real=True)
 
     def __call__(self, samples: Tensor, salt: int = 0) -> dict[str, float]:
-        """``{"fid", "kid", "kid_std"}`` of pixel-space ``samples`` (at least 2) against the
-        reference images."""
+        """``{"fid", "kid", "kid_std", "confident"}`` of pixel-space ``samples`` (at least 2):
+        FID and KID against the reference images, and the fraction of samples the classifier
+        labels with top-class probability ≥ :data:`CONFIDENT`."""
         check(len(samples) >= 2, f"FID needs at least 2 samples, got {len(samples)}")
         samples = samples.detach().cpu().float().clamp(0.0, 1.0)
         self.fid.reset()
@@ -84,7 +94,11 @@ class ImageScore:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + salt)
             kid, kid_std = self.kid.compute()
-        return {"fid": fid, "kid": float(kid), "kid_std": float(kid_std)}
+        with torch.no_grad():
+            top = torch.cat([torch.softmax(self.features.net(c), 1).amax(1)
+                             for c in samples.split(2048)])
+        confident = float((top >= CONFIDENT).double().mean())
+        return {"fid": fid, "kid": float(kid), "kid_std": float(kid_std), "confident": confident}
 
 
 def image_score_for(dataset, reference: Tensor | None = None, n_reference: int | None = None,
@@ -111,4 +125,4 @@ def weighted_pick(log_w: Tensor | None, n: int, generator: torch.Generator) -> T
 
 
 
-__all__ = ["ClassifierFeatures", "ImageScore", "image_score_for", "weighted_pick"]
+__all__ = ["CONFIDENT", "ClassifierFeatures", "ImageScore", "image_score_for", "weighted_pick"]
