@@ -204,7 +204,8 @@ def print_done(cfg: DictConfig, report: dict[str, Any]) -> None:
           f"{report['log_z_se']:.2f}; ESS/N {report['ess_fraction']:.3f}; {steps}; start "
           f"{'base' if report['settings'].get('start') == 'base' else 'Gaussian'} "
           f"{report['start_log_likelihood']:.2f}"
-          + (f"; samples FID {report['fid']:.3g}" if "fid" in report else "")
+          + (f"; samples FID {report['fid']:.3g}, confident {report['confident']:.2f}"
+             if "fid" in report else "")
           + f"); wrote {report['results']}")
     for w in report["warnings"]:
         print(f"pdebm: warning: {w}", file=sys.stderr)

@@ -279,7 +279,7 @@ def record(energy, x: Tensor, kernel: LangevinConfig, e_data: float, score, data
 def print_done(cfg: DictConfig, report: dict[str, Any]) -> None:
     """What ``pdebm sample`` prints when it has finished."""
     last = report["records"][-1]
-    fid = f", FID {last['fid']:.3g}" if "fid" in last else ""
+    fid = f", FID {last['fid']:.3g}, confident {last['confident']:.2f}" if "fid" in last else ""
     print(f"pdebm: {report['n']} chains × {report['steps']} steps in "
           f"{report['wall_clock_s']:.0f} s: energy gap {last['energy_gap']:.3g}{fid}; wrote "
           f"{report['out']}")
