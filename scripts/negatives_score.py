@@ -16,18 +16,19 @@ import torch
 
 from pdebm import checkpoint
 from pdebm.command import one_line_errors
+from pdebm.config import instantiate
 from pdebm.errors import check
 from pdebm.metrics.fid import image_score_for, weighted_pick
 from pdebm.sample import rebuild
 
 
-def negatives(state: dict, n: int, gen: torch.Generator) -> torch.Tensor:
+def negatives(state: dict, job, n: int, gen: torch.Generator) -> torch.Tensor:
     s = state["sampler"]
     if s.get("buffer") is not None:  # PCD: the replay buffer
         return s["buffer"][torch.randperm(len(s["buffer"]), generator=gen)[:n]]
     check(s.get("x") is not None, "the checkpoint holds no negatives (sampler state without x)")
     x = s["x"]
-    weighted = bool(state["config"]["sampler"].get("weights", False))
+    weighted = instantiate(job.sampler).weighted  # the sampler interface's flag, as the trainer's
     pick = weighted_pick(s["log_w"] if weighted else None, len(x), gen)
     return (x if pick is None else x[pick])[:n]
 
@@ -45,9 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpts = [checkpoint.resolve(r) for r in args.runs]
         for run, ckpt in zip(args.runs, ckpts):
             state = checkpoint.load(ckpt)
-            _, dataset, _ = rebuild(state, torch.device("cpu"))
-            check(dataset.is_image, f"{run}: not an image run")
-            x = negatives(state, args.n, torch.Generator().manual_seed(args.seed))
+            job, dataset, _ = rebuild(state, torch.device("cpu"))  # checks it is an image run
+            x = negatives(state, job, args.n, torch.Generator().manual_seed(args.seed))
             r = image_score_for(dataset, n_reference=args.n_reference, seed=args.seed)(
                 dataset.to_images(x.cpu()))
             print(json.dumps({"run": run, "step": int(state["step"]), "n": len(x), **r}))

@@ -31,6 +31,19 @@ TINY = [*TINY_RUN, "dataset.n_test=200", "dataset.n_stats=500"]  # the default d
 TINY_2D = [*TINY, "energy.hidden=32"]  # TINY plus a small MLP (the default energy)
 
 
+SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (scripts are files, not an importable package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS_DIR / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def options(group: str) -> list[str]:
     """The options of a config group: one per YAML file in ``conf/<group>/``."""
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_2D
+from tests.conftest import SCRIPTS_DIR, TINY_2D, load_script
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "compare_samplers.py"
+SCRIPT = SCRIPTS_DIR / "compare_samplers.py"
 
 
 def bench(tmp_path: Path, *extra: str, last: list[str] = ()) -> subprocess.CompletedProcess:
@@ -54,12 +54,7 @@ def test_benchmark_table_curve_and_reuse(tmp_path):
 
 
 def _load_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compare_samplers", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("compare_samplers")
 
 
 def _result(sampler: str, nlls: list[float], evals_per_step: float) -> dict:

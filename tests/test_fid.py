@@ -14,7 +14,7 @@ from pdebm.metrics.fid import ImageScore, image_score_for, weighted_pick
 from pdebm.samplers.particle import ParticleSampler
 from pdebm.samplers.sgld import SGLD
 from pdebm.train import train
-from tests.conftest import TINY, TINY_2D
+from tests.conftest import TINY, TINY_2D, load_script
 
 
 @pytest.fixture(scope="module")
@@ -124,17 +124,11 @@ def test_particle_log_z_tracks_the_exact_2d_value(make_cfg, tmp_path):
 def test_negatives_score_script_repeats_the_monitors_final_score(make_cfg, tmp_path, capsys):
     """scripts/negatives_score.py, run on a finished run's checkpoint, scores the same negatives
     against the same reference as the monitor's last ``eval/*`` row: the same FID and confident."""
-    import importlib.util
-    from pathlib import Path
-
     cfg = make_cfg("experiment=digits_conv", *TINY, "energy.channels=[8]",
                    "sampler=particle_unweighted", "sampler.n_steps=2")
     train(cfg)
     last = rows(tmp_path / "run")[-1]
-    path = Path(__file__).resolve().parent.parent / "scripts" / "negatives_score.py"
-    spec = importlib.util.spec_from_file_location("negatives_score", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("negatives_score")
     capsys.readouterr()
     assert mod.main([str(tmp_path / "run"), "--n", "100000", "--seed", str(cfg.seed)]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

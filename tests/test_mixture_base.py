@@ -15,6 +15,7 @@ from pdebm.energy.base import MixtureBase
 from pdebm.energy.conv import ConvEnergy
 from pdebm.errors import ConfigError
 from pdebm.metrics.ais import ais_log_likelihood
+from tests.conftest import SCRIPTS_DIR, load_script
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +138,8 @@ def test_class_base_reg_script_fits_the_presets_base_and_refuses_a_bad_reg():
     """scripts/class_base_reg.py chooses experiment=digits_modes_mixture's base_reg: the preset's
     base components and the script's held-out number must both match class Gaussians computed
     here independently, and a reg ≤ 0 is one error line, exit 2."""
-    import importlib.util
     import subprocess
     import sys
-    from pathlib import Path
 
     from pdebm.build import build_data_and_energy
 
@@ -149,10 +148,8 @@ def test_class_base_reg_script_fits_the_presets_base_and_refuses_a_bad_reg():
         return [torch.distributions.MultivariateNormal(x[y == c].mean(0), torch.cov(x[y == c].T) + reg * eye)
                 for c in y.unique()]
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "class_base_reg.py"
-    spec = importlib.util.spec_from_file_location("class_base_reg", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    script = SCRIPTS_DIR / "class_base_reg.py"
+    mod = load_script("class_base_reg")
     ds, energy = build_data_and_energy(compose(["experiment=digits_modes_mixture"]))
     x = ds.statistics_images().flatten(1).double()
     y = torch.as_tensor(ds.train_labels[:len(x)])
@@ -176,15 +173,11 @@ def test_mode_weights_right_weights_reference_is_the_class_gaussians_at_the_clas
     """scripts/mode_weights.py's right-weights reference row: one Gaussian per target class
     (its training images' mean and covariance + reg·I) weighted by the class frequencies of the
     4:2:1 subset; a --class-reg ≤ 0 is one error line, exit 2, before anything is fitted."""
-    import importlib.util
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "mode_weights.py"
-    spec = importlib.util.spec_from_file_location("mode_weights", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    script = SCRIPTS_DIR / "mode_weights.py"
+    mod = load_script("mode_weights")
     cfg = compose(["experiment=digits_modes"])
     from pdebm.build import build_data_and_energy
     ds, plain = build_data_and_energy(cfg)

@@ -3,20 +3,14 @@ target classes alone, so that every sample gets one of their labels and none is 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "mode_weights.py"
-
+from tests.conftest import load_script
 
 def _script():
-    spec = importlib.util.spec_from_file_location("mode_weights", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("mode_weights")
 
 
 def test_three_class_labels_take_the_argmax_over_the_target_classes_only():
