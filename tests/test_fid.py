@@ -118,7 +118,9 @@ def test_particle_log_z_tracks_the_exact_2d_value(make_cfg, tmp_path):
     for r in rs:
         exact = r["log_z"] - math.log1p(-r["mass_outside"])
         assert abs(r["log_z_particles"] - exact) <= 3 * r["log_z_particles_se"] + 2e-3, r
-    assert any(abs(r["log_z"]) > 0.3 for r in rs)  # the model moved away from its base
+    # The model moved away from its base (log Z = 0), so the estimate tracked a changing value:
+    # |log Z| ends near 0.28 on one machine and above 0.3 on another, against 0.03 at step 0.
+    assert max(abs(r["log_z"]) for r in rs) > 0.15
 
 
 def test_negatives_score_script_repeats_the_monitors_final_score(make_cfg, tmp_path, capsys):
