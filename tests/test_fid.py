@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pdebm.data.images import Digits
-from pdebm.metrics.fid import ImageScore, image_score_for, weighted_pick
+from pdebm.metrics.fid import ImageScore, confident_fraction, image_score_for, weighted_pick
 from pdebm.samplers.particle import ParticleSampler
 from pdebm.samplers.sgld import SGLD
 from pdebm.train import train
@@ -42,6 +42,7 @@ def test_fid_of_a_sample_against_itself_is_zero_and_against_noise_large(digits, 
     # the classifier is confident on nearly all held-out digits, on far fewer noise images
     assert same["confident"] > 0.9 and floor["confident"] > 0.9
     assert noise["confident"] < same["confident"] - 0.3
+    assert confident_fraction(score.features.net, held_out) == same["confident"]
     # scoring never moves the global generator, and the same salt gives the same KID
     state = torch.get_rng_state()
     assert score(held_out[:200], salt=3) == score(held_out[:200], salt=3)

@@ -94,11 +94,17 @@ class ImageScore:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + salt)
             kid, kid_std = self.kid.compute()
-        with torch.no_grad():
-            top = torch.cat([torch.softmax(self.features.net(c), 1).amax(1)
-                             for c in samples.split(2048)])
-        confident = float((top >= CONFIDENT).double().mean())
-        return {"fid": fid, "kid": float(kid), "kid_std": float(kid_std), "confident": confident}
+        return {"fid": fid, "kid": float(kid), "kid_std": float(kid_std),
+                "confident": confident_fraction(self.features.net, samples)}
+
+
+def confident_fraction(net: Classifier, images: Tensor) -> float:
+    """The fraction of pixel-space ``images`` that ``net`` labels with top-class softmax
+    probability ≥ :data:`CONFIDENT`."""
+    images = images.detach().cpu().float().clamp(0.0, 1.0)
+    with torch.no_grad():
+        top = torch.cat([torch.softmax(net(c), 1).amax(1) for c in images.split(2048)])
+    return float((top >= CONFIDENT).double().mean())
 
 
 def image_score_for(dataset, reference: Tensor | None = None, n_reference: int | None = None,
@@ -125,4 +131,5 @@ def weighted_pick(log_w: Tensor | None, n: int, generator: torch.Generator) -> T
 
 
 
-__all__ = ["CONFIDENT", "ClassifierFeatures", "ImageScore", "image_score_for", "weighted_pick"]
+__all__ = ["CONFIDENT", "ClassifierFeatures", "ImageScore", "confident_fraction", "image_score_for",
+           "weighted_pick"]
